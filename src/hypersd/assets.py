@@ -1,0 +1,17 @@
+"""Where the shipped assets live, and the settings they were made for."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+ASSETS = ROOT / "assets"
+TEACHER = ASSETS / "tiny-sd"
+EVALUATOR = ASSETS / "shapes-evaluator"
+STANDARD_PROMPTS = ASSETS / "prompts" / "shapes-eval-600.txt"
+
+# Classifier-free guidance scale at which the shipped teacher is evaluated (its 50-step DDIM
+# reference, the teacher rows of every table, and the teacher target of distillation).
+TEACHER_GUIDANCE = 5.0
+REFERENCE_STEPS = 50
+REFERENCE_SCHEDULER = "ddim"

@@ -1,0 +1,292 @@
+"""The `hypersd` command line."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import typer  # noqa: E402
+
+from hypersd.errors import UserError, require, require_writable_dir  # noqa: E402
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Hyper-SD: distill diffusion models into 1-8 step generators.")
+data_app = typer.Typer(no_args_is_help=True, help="Datasets and prompt sets.")
+evaluator_app = typer.Typer(no_args_is_help=True, help="The ShapesEval evaluator network.")
+app.add_typer(data_app, name="data")
+app.add_typer(evaluator_app, name="evaluator")
+
+
+def _assets():
+    from hypersd import assets
+
+    return assets
+
+
+@data_app.command("shapes")
+def data_shapes(n: int = typer.Option(1000, "--n", help="Number of images."),
+                out: Path = typer.Option(..., "--out", help="Output folder (PNGs + samples.jsonl)."),
+                seed: int = typer.Option(0, help="Random seed."),
+                size: int = typer.Option(32, help="Image size in pixels.")):
+    """Render a Shapes-world image-folder dataset."""
+    import random
+
+    import numpy as np
+
+    from hypersd.data.imagefolder import write_image_folder
+    from hypersd.progress import progress
+    from hypersd.shapes.world import render, sample_scene
+
+    require(n > 0, f"--n must be positive, got {n}")
+    require(size >= 32, f"--size must be at least 32, got {size}")
+    require_writable_dir(out.parent)
+    rng = random.Random(seed)
+    scenes = [sample_scene(rng) for _ in range(n)]
+    images = [np.asarray(render(s, size)) for s in progress(scenes, desc="render")]
+    records = [{"prompt": s.caption, "seed": seed, "category": s.category,
+                "objects": [{"shape": o.shape, "color": o.color, "size": o.size,
+                             "cx": o.center[0], "cy": o.center[1]} for o in s.objects]}
+               for s in scenes]
+    tmp = out.with_name(out.name + ".tmp")
+    write_image_folder(tmp, images, records)
+    _replace_dir(tmp, out)
+    typer.echo(f"wrote {n} images to {out}")
+
+
+@data_app.command("prompts")
+def data_prompts(out: Path = typer.Option(..., "--out", help="Prompt file to write (.txt)."),
+                 n: int = typer.Option(600, "--n", help="Number of prompts (balanced over the 6 categories)."),
+                 seed: int = typer.Option(20240421, help="Random seed of the standard set.")):
+    """Write the standard ShapesEval prompt set (fixed seed, balanced categories)."""
+    from hypersd.prompts import standard_prompts, write_prompt_file
+
+    require(n > 0, f"--n must be positive, got {n}")
+    require_writable_dir(out.parent)
+    write_prompt_file(out, standard_prompts(n, seed))
+    typer.echo(f"wrote {n} prompts to {out}")
+
+
+@app.command()
+def pretrain(out: Path = typer.Option(Path("assets/tiny-sd"), help="Pipeline folder to write."),
+             seed: int = typer.Option(0, help="Random seed."),
+             vae_steps: int = typer.Option(2500, help="VAE training steps."),
+             unet_steps: int = typer.Option(3500, help="UNet + text encoder training steps."),
+             threads: int = typer.Option(2, help="CPU threads.")):
+    """Train the tiny Stable Diffusion of the Shapes world (VAE, CLIP text encoder, UNet)."""
+    from hypersd.pretrain import PretrainConfig
+    from hypersd.pretrain import pretrain as run
+
+    require(vae_steps > 0 and unet_steps > 0, "step counts must be positive")
+    require_writable_dir(out.parent)
+    record = run(PretrainConfig(seed=seed, vae_steps=vae_steps, unet_steps=unet_steps, threads=threads), out)
+    typer.echo(f"wrote {out} (VAE PSNR {record['vae_psnr_db']:.2f} dB, {record['train_seconds'] / 60:.1f} min)")
+
+
+@evaluator_app.command("train")
+def evaluator_train(out: Path = typer.Option(Path("assets/shapes-evaluator"), help="Folder to write."),
+                    steps: int = typer.Option(3000, help="Training steps."),
+                    seed: int = typer.Option(0, help="Random seed.")):
+    """Train the ShapesEval detector on rendered images with their ground-truth objects."""
+    from hypersd.evaluator.train import DetectorTrainConfig, train_detector
+
+    require(steps > 0, f"--steps must be positive, got {steps}")
+    require_writable_dir(out)
+    train_detector(DetectorTrainConfig(seed=seed, steps=steps), out, log=lambda r: None)
+    typer.echo(f"wrote {out}")
+
+
+@evaluator_app.command("check")
+def evaluator_check(n: int = typer.Option(1000, "--n", help="Number of real images."),
+                    evaluator: Optional[Path] = typer.Option(None, help="Evaluator folder."),
+                    seed: int = typer.Option(999, help="Random seed of the real images.")):
+    """Score freshly rendered real images: the evaluator must read the world (target >= 0.97)."""
+    import json
+
+    from hypersd.evaluator.detector import ShapesDetector
+    from hypersd.evaluator.shapes_eval import accuracy_table, judge_images
+    from hypersd.shapes.batches import ShapesStream
+    from hypersd.shapes.world import render_array
+
+    folder = _evaluator_dir(evaluator)
+    scenes = ShapesStream(seed).scenes(n)
+    table = accuracy_table(judge_images(ShapesDetector.load(folder), render_array(scenes),
+                                        [s.caption for s in scenes]))
+    typer.echo(json.dumps({k: round(v, 4) for k, v in table.items()}))
+
+
+def _evaluator_dir(path: Optional[Path]) -> Path:
+    folder = path or _assets().EVALUATOR
+    require((folder / "detector.safetensors").is_file(), f"evaluator not found: {folder}")
+    return folder
+
+
+def _parse_steps(text: str) -> list[int]:
+    try:
+        steps = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--steps must be comma-separated integers, got {text!r}") from None
+    require(steps and all(s > 0 for s in steps), f"steps must be positive integers, got {text!r}")
+    return steps
+
+
+def _parse_timesteps(text: Optional[str]) -> Optional[list[int]]:
+    if not text:
+        return None
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise UserError(f"--timesteps must be comma-separated integers, got {text!r}") from None
+
+
+def _load_prompts(prompt: Optional[list[str]], prompts: Optional[Path]) -> list[str]:
+    from hypersd.prompts import read_prompt_file
+
+    require(not (prompt and prompts), "give --prompt or --prompts, not both")
+    if prompts is not None:
+        return read_prompt_file(prompts)
+    require(bool(prompt), "give --prompt TEXT or --prompts FILE")
+    return list(prompt)
+
+
+def _settings(steps: int, scheduler: str, guidance: float, eta: Optional[float], seed: int,
+              timesteps: Optional[str], lora: Optional[list[str]], batch_size: int):
+    from hypersd.sampling import LoraSpec, SampleSettings
+
+    settings = SampleSettings(steps=steps, scheduler=scheduler, guidance=guidance, eta=eta, seed=seed,
+                              timesteps=_parse_timesteps(timesteps), batch_size=batch_size,
+                              loras=[LoraSpec.parse(x) for x in lora or []])
+    settings.validate()
+    return settings
+
+
+@app.command()
+def sample(model: Path = typer.Option(..., help="Diffusers pipeline folder."),
+           lora: Optional[list[str]] = typer.Option(None, help="LoRA file, FILE or FILE:SCALE; repeatable."),
+           prompt: Optional[list[str]] = typer.Option(None, help="A prompt; repeatable."),
+           prompts: Optional[Path] = typer.Option(None, help="Prompt file: .txt (one per line) or .jsonl."),
+           steps: int = typer.Option(4, help="Sampling steps."),
+           scheduler: str = typer.Option("ddim-trailing", help="ddim, ddim-trailing, tcd, lcm, euler or dpmpp."),
+           eta: Optional[float] = typer.Option(None, help="Stochasticity (TCD gamma / DDIM eta), in [0, 1]."),
+           guidance: float = typer.Option(0.0, help="Classifier-free guidance scale (<= 1: off)."),
+           seed: int = typer.Option(0, help="Seed of the first image; image i uses seed + i."),
+           timesteps: Optional[str] = typer.Option(None, help="Custom timesteps, e.g. 800 (LCM/TCD)."),
+           batch_size: int = typer.Option(125, help="Images per pipeline call."),
+           out: Path = typer.Option(..., help="Output folder.")):
+    """Generate images: PNGs, samples.jsonl and a labelled grid."""
+    from hypersd.sampling import apply_loras, generate, load_pipeline, write_samples
+
+    settings = _settings(steps, scheduler, guidance, eta, seed, timesteps, lora, batch_size)
+    texts = _load_prompts(prompt, prompts)
+    require_writable_dir(out.parent)
+    pipe = load_pipeline(model)
+    apply_loras(pipe, settings.loras)
+    seeds = [seed + i for i in range(len(texts))]
+    images = generate(pipe, texts, settings, seeds)
+    write_samples(out, images, texts, seeds, settings)
+    typer.echo(f"wrote {len(texts)} images to {out} (grid: {out / 'grid.png'})")
+
+
+@app.command("eval")
+def eval_cmd(model: Path = typer.Option(None, help="Diffusers pipeline folder (default: shipped teacher)."),
+             lora: Optional[list[str]] = typer.Option(None, help="LoRA file, FILE or FILE:SCALE; repeatable."),
+             steps: str = typer.Option("1,2,4,8", help="Comma-separated step counts."),
+             scheduler: str = typer.Option("ddim", help="ddim, ddim-trailing, tcd, lcm, euler or dpmpp."),
+             eta: Optional[float] = typer.Option(None, help="Stochasticity in [0, 1]."),
+             guidance: Optional[float] = typer.Option(None, help="CFG scale (default: the teacher's)."),
+             prompts: Optional[Path] = typer.Option(None, help="Prompt file (default: standard 600)."),
+             n_prompts: Optional[int] = typer.Option(None, help="Use only the first N prompts."),
+             n_real: int = typer.Option(2000, help="Real images for the Frechet distance."),
+             label: str = typer.Option("model", help="Row label in the tables."),
+             evaluator: Optional[Path] = typer.Option(None, help="Evaluator folder."),
+             seed: int = typer.Option(0, help="Seed of the first image."),
+             out: Path = typer.Option(..., help="Output folder.")):
+    """Sample at several step counts and score: ShapesEval, FD, PSNR vs the teacher."""
+    from hypersd.evaluator.evaluate import Row, evaluate, with_steps
+    from hypersd.prompts import read_prompt_file, standard_prompts
+
+    assets = _assets()
+    step_list = _parse_steps(steps)
+    settings = _settings(step_list[0], scheduler,
+                         assets.TEACHER_GUIDANCE if guidance is None else guidance, eta, seed, None, lora, 125)
+    texts = read_prompt_file(prompts) if prompts else standard_prompts()
+    if n_prompts is not None:
+        require(n_prompts > 0, f"--n-prompts must be positive, got {n_prompts}")
+        texts = texts[:n_prompts]
+    _check_shapes_prompts(texts)
+    require(n_real >= 10, f"--n-real must be at least 10, got {n_real}")
+    detector = _evaluator_dir(evaluator)
+    model = model or assets.TEACHER
+    from hypersd.errors import require_model_folder
+
+    require_model_folder(model)
+    require_writable_dir(out)
+    rows = [Row(f"{label} @{s}", with_steps(settings, s)) for s in step_list]
+    evaluate(model, rows, texts, detector, out, n_real=n_real, seed=seed, log=typer.echo)
+    typer.echo(f"wrote {out / 'metrics.md'}")
+
+
+def _check_shapes_prompts(texts: list[str]) -> None:
+    from hypersd.shapes.captions import parse_caption
+
+    for text in texts:
+        try:
+            parse_caption(text)
+        except ValueError as exc:
+            raise UserError(f"ShapesEval needs Shapes-world prompts: {exc}") from None
+
+
+@app.command()
+def demo(out: Path = typer.Option(Path("runs/demo"), help="Report folder."),
+         n_prompts: int = typer.Option(600, help="Prompts of the standard set to use."),
+         n_real: int = typer.Option(2000, help="Real images for the Frechet distance.")):
+    """The main job on the embedded default: sample the shipped teacher and write a report."""
+    from hypersd.report import run_demo
+
+    require(n_prompts > 0, f"--n-prompts must be positive, got {n_prompts}")
+    require_writable_dir(out)
+    report = run_demo(out, n_prompts=n_prompts, n_real=n_real, log=typer.echo)
+    typer.echo(f"report: {report}")
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    import shutil
+
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+
+
+def _quiet_libraries() -> None:
+    """Our own progress bars only: silence the loaders' bars and advisory warnings."""
+    import warnings
+
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def main() -> None:
+    _quiet_libraries()
+    try:
+        app()
+    except UserError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

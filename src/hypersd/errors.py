@@ -1,0 +1,35 @@
+"""User-facing errors: one clear line and exit status 2, never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class UserError(Exception):
+    """Bad input from the user; the CLI prints `error: <message>` and exits with status 2."""
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise UserError(message)
+
+
+def require_model_folder(path: Path) -> Path:
+    path = Path(path)
+    require(path.is_dir(), f"model folder not found: {path}")
+    require((path / "model_index.json").is_file(),
+            f"not a diffusers pipeline folder (no model_index.json): {path}")
+    return path
+
+
+def require_writable_dir(path: Path) -> Path:
+    """Create `path` (and parents) or fail with one line; also refuses a file in the way."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".hypersd-write-probe"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"cannot write output folder {path}: {exc.strerror or exc}") from None
+    return path

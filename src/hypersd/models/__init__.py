@@ -1,0 +1,1 @@
+"""Model construction: the tiny Stable-Diffusion-architecture model of the Shapes world."""

@@ -1,0 +1,216 @@
+"""Train the tiny Stable Diffusion of the Shapes world: VAE, then text encoder + UNet jointly.
+
+Stage 1 (VAE): reconstruction (MSE) + a small KL term on freshly rendered images.
+Stage 2 (UNet + text encoder): the epsilon-prediction loss of DDPM (Ho et al. 2020, eq. 14) on
+VAE latents, caption dropout for classifier-free guidance (Ho & Salimans 2022), optional Min-SNR
+loss weighting (Hang et al. 2023, eq. 6) and an EMA of the weights that is what gets shipped.
+The result is a standard diffusers `StableDiffusionPipeline` folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from hypersd.models.tiny_sd import (
+    TinySDConfig,
+    build_noise_scheduler,
+    build_text_encoder,
+    build_tokenizer_for,
+    build_unet,
+    build_vae,
+)
+from hypersd.progress import progress
+from hypersd.shapes.batches import ShapesStream
+
+
+@dataclass
+class PretrainConfig:
+    seed: int = 0
+    threads: int = 2
+    model: TinySDConfig = field(default_factory=TinySDConfig)
+    vae_steps: int = 3000
+    vae_batch: int = 32
+    vae_lr: float = 1e-3
+    vae_kl_weight: float = 1e-6
+    latent_pool: int = 100_000
+    unet_steps: int = 4000
+    unet_batch: int = 128
+    unet_lr: float = 5e-4
+    unet_warmup: int = 200
+    caption_dropout: float = 0.1
+    min_snr_gamma: float = 5.0
+    ema_decay: float = 0.999
+    checkpoint_every: int = 500
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB of images in [-1, 1] (peak-to-peak 2)."""
+    mse = (a.float() - b.float()).pow(2).flatten(1).mean(1).clamp_min(1e-12)
+    return 10 * torch.log10(4.0 / mse)
+
+
+def _cosine_lr(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def train_vae(cfg: PretrainConfig, log) -> torch.nn.Module:
+    torch.manual_seed(cfg.seed)
+    vae = build_vae(cfg.model)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine_lr(s, cfg.vae_steps, 100))
+    stream = ShapesStream(cfg.seed)
+    bar = progress(range(cfg.vae_steps), desc="vae")
+    for step in bar:
+        x, _, _ = stream.batch(cfg.vae_batch)
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        mse = F.mse_loss(recon, x)
+        loss = mse + cfg.vae_kl_weight * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == cfg.vae_steps - 1:
+            log({"phase": "vae", "step": step, "mse": mse.item(), "psnr": psnr(recon, x).mean().item()})
+            bar.set_postfix(mse=f"{mse.item():.5f}")
+    return vae.eval()
+
+
+@torch.no_grad()
+def vae_psnr(vae, seed: int, n: int = 1000, batch: int = 250) -> float:
+    """Mean reconstruction PSNR (dB) of the VAE (posterior mean) on freshly rendered images."""
+    stream, values = ShapesStream(seed), []
+    for start in range(0, n, batch):
+        x, _, _ = stream.batch(min(batch, n - start))
+        recon = vae.decode(vae.encode(x).latent_dist.mean).sample
+        values.append(psnr(recon.clamp(-1, 1), x))
+    return torch.cat(values).mean().item()
+
+
+@torch.no_grad()
+def encode_pool(vae, seed: int, n: int, batch: int = 500):
+    """Render n scenes and keep their latent posteriors (mean, std) and captions."""
+    stream, means, stds, captions = ShapesStream(seed), [], [], []
+    for _ in progress(range(0, n, batch), desc="encode latents"):
+        x, caps, _ = stream.batch(batch)
+        dist = vae.encode(x).latent_dist
+        means.append(dist.mean)
+        stds.append(dist.std)
+        captions += caps
+    return torch.cat(means), torch.cat(stds), captions
+
+
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters()):
+            e.lerp_(p, 1 - decay)
+
+
+def _min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    alphas_cumprod = scheduler.alphas_cumprod[timesteps]
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    return torch.clamp(snr, max=gamma) / snr if gamma > 0 else torch.ones_like(snr)
+
+
+def save_pipeline(folder: Path, vae, text_encoder, tokenizer, unet) -> None:
+    """Write a standard StableDiffusionPipeline folder atomically (temp folder, then rename)."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    scheduler = DDIMScheduler.from_config(build_noise_scheduler().config)
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+
+
+def train_unet(cfg: PretrainConfig, vae, tokenizer, out: Path, log) -> None:
+    torch.manual_seed(cfg.seed + 1)
+    rng = random.Random(cfg.seed + 1)
+    means, stds, captions = encode_pool(vae, cfg.seed + 1000, cfg.latent_pool)
+    scale = 1.0 / means.std().item()
+    vae.register_to_config(scaling_factor=scale)
+    log({"phase": "latents", "pool": len(captions), "scaling_factor": scale})
+    text_encoder, unet = build_text_encoder(cfg.model, tokenizer), build_unet(cfg.model)
+    ema_text, ema_unet = copy.deepcopy(text_encoder).eval(), copy.deepcopy(unet).eval()
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: _cosine_lr(s, cfg.unet_steps, cfg.unet_warmup))
+    noise_scheduler = build_noise_scheduler()
+    bar = progress(range(cfg.unet_steps), desc="unet+text")
+    for step in bar:
+        idx = torch.randint(0, len(captions), (cfg.unet_batch,))
+        latents = (means[idx] + stds[idx] * torch.randn_like(means[idx])) * scale
+        prompts = ["" if rng.random() < cfg.caption_dropout else captions[i] for i in idx.tolist()]
+        ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
+                        truncation=True, return_tensors="pt").input_ids
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (cfg.unet_batch,))
+        noisy = noise_scheduler.add_noise(latents, noise, t)
+        pred = unet(noisy, t, text_encoder(ids)[0]).sample
+        per_sample = (pred - noise).pow(2).flatten(1).mean(1)
+        loss = (per_sample * _min_snr_weights(noise_scheduler, t, cfg.min_snr_gamma)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        _ema_update(ema_unet, unet, cfg.ema_decay if step > cfg.unet_warmup else 0.0)
+        _ema_update(ema_text, text_encoder, cfg.ema_decay if step > cfg.unet_warmup else 0.0)
+        if step % 50 == 0:
+            log({"phase": "unet", "step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0]})
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        last = step == cfg.unet_steps - 1
+        if last or (step + 1) % cfg.checkpoint_every == 0:
+            save_pipeline(out, vae, ema_text, tokenizer, ema_unet)
+            log({"phase": "checkpoint", "step": step + 1})
+
+
+def pretrain(cfg: PretrainConfig, out: Path, work: Path | None = None) -> dict:
+    """Train all three networks and write the pipeline folder `out`; returns the record."""
+    torch.set_num_threads(cfg.threads)
+    out = Path(out)
+    work = Path(work or out.with_name(out.name + ".work"))
+    work.mkdir(parents=True, exist_ok=True)
+    log_file = (work / "log.jsonl").open("a")
+
+    def log(record: dict) -> None:
+        record["time_s"] = round(time.time() - start, 1)
+        log_file.write(json.dumps(record) + "\n")
+        log_file.flush()
+
+    start = time.time()
+    tokenizer = build_tokenizer_for(work / "tokenizer")
+    vae_dir = work / "vae"
+    if (vae_dir / "config.json").exists():
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(vae_dir).eval()
+    else:
+        vae = train_vae(cfg, log)
+        vae.save_pretrained(vae_dir)
+    vae.requires_grad_(False)
+    vae_quality = vae_psnr(vae, seed=cfg.seed + 5000)
+    log({"phase": "vae_eval", "psnr_db": vae_quality})
+    train_unet(cfg, vae, tokenizer, out, log)
+    record = {"config": asdict(cfg), "vae_psnr_db": vae_quality, "train_seconds": time.time() - start}
+    (out / "hypersd_pretrain.json").write_text(json.dumps(record, indent=2))
+    return record

@@ -1,0 +1,183 @@
+"""Sampling with the diffusers pipeline and schedulers (nothing re-implemented here).
+
+A scheduler is chosen by name; LoRAs are loaded with diffusers' own loader; every image gets its
+own seed so results do not depend on batching. Outputs: PNGs, samples.jsonl, a labelled grid.
+"""
+
+from __future__ import annotations
+
+import inspect
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hypersd.errors import UserError, require, require_model_folder
+
+SCHEDULERS = ("ddim", "ddim-trailing", "tcd", "lcm", "euler", "dpmpp")
+
+
+@dataclass
+class LoraSpec:
+    path: Path
+    scale: float = 1.0
+
+    @classmethod
+    def parse(cls, text: str) -> "LoraSpec":
+        """`FILE` or `FILE:SCALE`."""
+        path, scale = text, 1.0
+        head, sep, tail = text.rpartition(":")
+        if sep and head:
+            try:
+                path, scale = head, float(tail)
+            except ValueError:
+                path = text
+        return cls(Path(path), scale)
+
+
+@dataclass
+class SampleSettings:
+    steps: int = 4
+    scheduler: str = "ddim-trailing"
+    guidance: float = 0.0
+    eta: float | None = None
+    timesteps: list[int] | None = None
+    seed: int = 0
+    batch_size: int = 125
+    loras: list[LoraSpec] = field(default_factory=list)
+
+    def validate(self) -> None:
+        require(self.steps > 0, f"steps must be a positive integer, got {self.steps}")
+        require(self.scheduler in SCHEDULERS,
+                f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+        require(self.eta is None or 0.0 <= self.eta <= 1.0, f"eta must be in [0, 1], got {self.eta}")
+        require(self.guidance >= 0, f"guidance must be >= 0, got {self.guidance}")
+        require(self.batch_size > 0, f"batch size must be positive, got {self.batch_size}")
+        if self.timesteps is not None:
+            require(all(0 <= t < 1000 for t in self.timesteps),
+                    f"timesteps must lie in [0, 999], got {self.timesteps}")
+        for lora in self.loras:
+            require(lora.path.is_file(), f"LoRA file not found: {lora.path}")
+
+    def record(self) -> dict:
+        """What goes into each samples.jsonl line besides file, prompt and seed."""
+        return {
+            "steps": len(self.timesteps) if self.timesteps else self.steps,
+            "scheduler": self.scheduler,
+            "guidance": self.guidance,
+            "eta": self.eta,
+            "timesteps": self.timesteps,
+            "lora": [f"{spec.path}:{spec.scale:g}" for spec in self.loras],
+        }
+
+
+def make_scheduler(name: str, base_config):
+    """A diffusers scheduler by project name, built from the model's own noise-schedule config."""
+    from diffusers import (
+        DDIMScheduler,
+        DPMSolverMultistepScheduler,
+        EulerDiscreteScheduler,
+        LCMScheduler,
+        TCDScheduler,
+    )
+
+    if name == "ddim":
+        return DDIMScheduler.from_config(base_config, timestep_spacing="leading", steps_offset=1)
+    if name == "ddim-trailing":
+        return DDIMScheduler.from_config(base_config, timestep_spacing="trailing", steps_offset=1)
+    if name == "tcd":
+        return TCDScheduler.from_config(base_config, timestep_spacing="trailing")
+    if name == "lcm":
+        return LCMScheduler.from_config(base_config, timestep_spacing="trailing")
+    if name == "euler":
+        return EulerDiscreteScheduler.from_config(base_config, timestep_spacing="trailing")
+    if name == "dpmpp":
+        return DPMSolverMultistepScheduler.from_config(base_config, timestep_spacing="trailing")
+    raise UserError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+
+
+def load_pipeline(model: Path, dtype: torch.dtype = torch.float32):
+    """A StableDiffusionPipeline from a diffusers folder, offline, progress bar off."""
+    from diffusers import StableDiffusionPipeline
+
+    model = require_model_folder(model)
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(model, dtype=dtype, local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"cannot load model folder {model}: {str(exc).splitlines()[0]}") from None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def apply_loras(pipe, loras: list[LoraSpec]) -> None:
+    """Load each LoRA file as its own adapter and activate them with their scales."""
+    if not loras:
+        return
+    names = []
+    for i, spec in enumerate(loras):
+        name = f"lora{i}"
+        try:
+            pipe.load_lora_weights(str(spec.path), adapter_name=name)
+        except Exception as exc:  # diffusers raises many types for a bad file
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UserError(f"cannot load LoRA {spec.path}: {first}") from None
+        names.append(name)
+    pipe.set_adapters(names, adapter_weights=[spec.scale for spec in loras])
+
+
+def _supports_custom_timesteps(scheduler) -> bool:
+    return "timesteps" in inspect.signature(scheduler.set_timesteps).parameters
+
+
+def generate(pipe, prompts: list[str], settings: SampleSettings, seeds: list[int] | None = None,
+             progress_desc: str | None = None) -> np.ndarray:
+    """Images for the prompts as uint8 (n, H, W, 3); image i uses seed `seeds[i]`."""
+    from hypersd.progress import progress
+
+    settings.validate()
+    pipe.scheduler = make_scheduler(settings.scheduler, pipe.scheduler.config)
+    call = {"guidance_scale": settings.guidance, "output_type": "np"}
+    if settings.timesteps:
+        require(_supports_custom_timesteps(pipe.scheduler),
+                f"scheduler {settings.scheduler!r} does not take custom timesteps")
+        call["timesteps"] = list(settings.timesteps)
+    else:
+        call["num_inference_steps"] = settings.steps
+    if settings.eta is not None:
+        call["eta"] = settings.eta
+    seeds = seeds if seeds is not None else [settings.seed + i for i in range(len(prompts))]
+    chunks = []
+    starts = range(0, len(prompts), settings.batch_size)
+    for start in progress(starts, desc=progress_desc or f"{settings.scheduler} {settings.steps} steps"):
+        end = start + settings.batch_size
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds[start:end]]
+        with torch.inference_mode():
+            images = pipe(prompt=prompts[start:end], generator=generators, **call).images
+        chunks.append((np.clip(images, 0, 1) * 255).round().astype(np.uint8))
+    return np.concatenate(chunks)
+
+
+def write_samples(out: Path, images: np.ndarray, prompts: list[str], seeds: list[int],
+                  settings: SampleSettings, grid_columns: int = 8, grid_limit: int = 64) -> Path:
+    """PNGs + samples.jsonl + grid.png, written to a temp folder then moved into place."""
+    from hypersd.data.imagefolder import write_image_folder
+    from hypersd.grids import labelled_grid
+
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    records = [{"prompt": p, "seed": s, **settings.record()} for p, s in zip(prompts, seeds)]
+    write_image_folder(tmp, images, records)
+    labelled_grid(images[:grid_limit], prompts[:grid_limit], columns=grid_columns).save(tmp / "grid.png")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def settings_dict(settings: SampleSettings) -> dict:
+    d = asdict(settings)
+    d["loras"] = [f"{spec.path}:{spec.scale:g}" for spec in settings.loras]
+    return d

@@ -1,0 +1,29 @@
+import json
+
+import numpy as np
+from PIL import Image
+
+from hypersd.evaluator.evaluate import Row, evaluate
+from hypersd.sampling import SampleSettings
+
+PROMPTS = ["a red circle", "two blue squares", "a green cross in the center",
+           "a red circle and a blue square", "a cyan cross above a red square", "a yellow circle and a purple circle"]
+
+
+def test_eval_writes_tables_plots_and_samples(tiny_pipeline_dir, tiny_evaluator_dir, tmp_path):
+    rows = [Row(f"tiny @{s}", SampleSettings(steps=s, scheduler="ddim", guidance=5.0)) for s in (1, 50)]
+    summary = evaluate(tiny_pipeline_dir, rows, PROMPTS, tiny_evaluator_dir, tmp_path, n_real=30,
+                       log=lambda *_: None)
+    one, fifty = summary["rows"]
+    # the 50-step DDIM row at the teacher's guidance *is* the reference: PSNR capped at 100 (identical)
+    assert fifty["psnr_vs_teacher"] == 100.0
+    assert one["psnr_vs_teacher"] < 60
+    assert np.isfinite(one["fd"]) and one["fd"] > 0
+    assert set(one["shapes_eval"]) >= {"single", "counting", "overall"}
+    for name in ("metrics.json", "metrics.md", "metrics.png", "reference.npz"):
+        assert (tmp_path / name).is_file()
+    lines = (tmp_path / one["samples"] / "samples.jsonl").read_text().splitlines()
+    record = json.loads(lines[2])
+    assert record["prompt"] == PROMPTS[2] and record["seed"] == 2 and record["steps"] == 1
+    assert Image.open(tmp_path / one["samples"] / record["file"]).size == (32, 32)
+    assert "| tiny @1 |" in (tmp_path / "metrics.md").read_text()
