@@ -30,9 +30,11 @@ def test_per_image_seeds_do_not_depend_on_batching(pipe):
     a = generate(pipe, PROMPTS, SampleSettings(steps=2, scheduler="ddim", guidance=3.0, batch_size=3))
     b = generate(pipe, PROMPTS, SampleSettings(steps=2, scheduler="ddim", guidance=3.0, batch_size=1))
     assert a.shape == (3, 32, 32, 3) and a.dtype == np.uint8
-    assert np.array_equal(a, b)
+    # the same noise per image: only float rounding of different batch shapes may differ
+    diff = np.abs(a.astype(int) - b.astype(int))
+    assert diff.max() <= 2 and diff.mean() < 0.05
     c = generate(pipe, PROMPTS, SampleSettings(steps=2, scheduler="ddim", guidance=3.0, seed=5))
-    assert not np.array_equal(a, c)
+    assert np.abs(a.astype(int) - c.astype(int)).mean() > 5
 
 
 def test_custom_timesteps_with_lcm(pipe):
@@ -48,11 +50,11 @@ def _write_lora(pipe, folder):
     config = LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
                         init_lora_weights=False)
     torch.manual_seed(0)
-    pipe.unet.add_adapter(config, adapter_name="train")
-    state = get_peft_model_state_dict(pipe.unet, adapter_name="train")
+    pipe.unet.add_adapter(config, adapter_name="made")
+    state = get_peft_model_state_dict(pipe.unet, adapter_name="made")
     StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=state,
                                               unet_lora_adapter_metadata=config.to_dict())
-    pipe.unet.delete_adapters("train")
+    pipe.unet.delete_adapters("made")
     return folder / "pytorch_lora_weights.safetensors"
 
 

@@ -76,7 +76,7 @@ def data_prompts(out: Path = typer.Option(..., "--out", help="Prompt file to wri
 def pretrain(out: Path = typer.Option(Path("assets/tiny-sd"), help="Pipeline folder to write."),
              seed: int = typer.Option(0, help="Random seed."),
              vae_steps: int = typer.Option(2500, help="VAE training steps."),
-             unet_steps: int = typer.Option(3500, help="UNet + text encoder training steps."),
+             unet_steps: int = typer.Option(5000, help="UNet + text encoder training steps."),
              threads: int = typer.Option(2, help="CPU threads.")):
     """Train the tiny Stable Diffusion of the Shapes world (VAE, CLIP text encoder, UNet)."""
     from hypersd.pretrain import PretrainConfig

@@ -38,12 +38,12 @@ class PretrainConfig:
     seed: int = 0
     threads: int = 2
     model: TinySDConfig = field(default_factory=TinySDConfig)
-    vae_steps: int = 3000
+    vae_steps: int = 2500
     vae_batch: int = 32
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
     latent_pool: int = 100_000
-    unet_steps: int = 4000
+    unet_steps: int = 5000
     unet_batch: int = 128
     unet_lr: float = 5e-4
     unet_warmup: int = 200

@@ -63,9 +63,10 @@ def write_report_md(out: Path, summary: dict, seconds: float) -> Path:
     return path
 
 
-def run_demo(out: Path, n_prompts: int = 600, n_real: int = 2000, log=print) -> Path:
+def run_demo(out: Path, n_prompts: int = 600, n_real: int = 2000, model: Path = TEACHER,
+             evaluator: Path = EVALUATOR, steps=TEACHER_STEPS, log=print) -> Path:
     start = time.time()
     prompts = standard_prompts()[:n_prompts]
-    summary = evaluate(TEACHER, teacher_rows(), prompts, EVALUATOR, out, n_real=n_real, log=log)
+    summary = evaluate(model, teacher_rows(steps), prompts, evaluator, out, n_real=n_real, log=log)
     steps_comparison(out, summary)
     return write_report_md(out, summary, time.time() - start)

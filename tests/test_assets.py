@@ -1,0 +1,72 @@
+"""The shipped assets: a plain-diffusers teacher, its VAE quality, the evaluator's reading of the world."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from hypersd.assets import ASSETS, EVALUATOR, TEACHER
+
+pytestmark = pytest.mark.skipif(not (TEACHER / "model_index.json").is_file(), reason="teacher not built")
+
+
+def test_assets_fit_in_40_mb():
+    total = sum(p.stat().st_size for p in ASSETS.rglob("*") if p.is_file())
+    assert total <= 40 * 1024 * 1024, total
+
+
+def test_teacher_loads_in_plain_diffusers_without_project_code():
+    code = (
+        "import sys, torch\n"
+        "from diffusers import StableDiffusionPipeline\n"
+        f"p = StableDiffusionPipeline.from_pretrained({str(TEACHER)!r})\n"
+        "p.set_progress_bar_config(disable=True)\n"
+        "img = p('a red circle', num_inference_steps=2, guidance_scale=5.0, output_type='np',\n"
+        "        generator=torch.Generator().manual_seed(0)).images\n"
+        "assert img.shape == (1, 32, 32, 3), img.shape\n"
+        "assert 'hypersd' not in sys.modules\n"
+        "print('ok')\n"
+    )
+    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
+
+
+def test_shipped_vae_reconstructs_real_images_above_28_db():
+    from diffusers import AutoencoderKL
+
+    from hypersd.pretrain import vae_psnr
+
+    vae = AutoencoderKL.from_pretrained(TEACHER / "vae").eval()
+    assert vae_psnr(vae, seed=4242, n=300) >= 28.0
+
+
+def test_shipped_evaluator_reads_real_images():
+    from hypersd.evaluator.detector import ShapesDetector
+    from hypersd.evaluator.shapes_eval import accuracy_table, judge_images
+    from hypersd.shapes.batches import ShapesStream
+    from hypersd.shapes.world import render_array
+
+    scenes = ShapesStream(2024).scenes(1000)
+    table = accuracy_table(judge_images(ShapesDetector.load(EVALUATOR), render_array(scenes),
+                                        [s.caption for s in scenes]))
+    assert table["overall"] >= 0.97, table
+
+
+def test_shipped_teacher_follows_prompts_better_than_chance():
+    """Cheap guard against shipping a broken teacher: 60 prompts, 25 DDIM steps."""
+    from hypersd.assets import TEACHER_GUIDANCE
+    from hypersd.evaluator.detector import ShapesDetector
+    from hypersd.evaluator.shapes_eval import accuracy_table, judge_images
+    from hypersd.prompts import standard_prompts
+    from hypersd.sampling import SampleSettings, generate, load_pipeline
+
+    torch.set_num_threads(2)
+    prompts = standard_prompts()[:60]
+    images = generate(load_pipeline(TEACHER), prompts,
+                      SampleSettings(steps=25, scheduler="ddim", guidance=TEACHER_GUIDANCE, batch_size=60))
+    table = accuracy_table(judge_images(ShapesDetector.load(EVALUATOR), images, prompts))
+    assert table["single"] >= 0.6 and table["overall"] >= 0.4, table
+    assert np.std(images) > 10
