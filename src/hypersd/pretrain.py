@@ -184,8 +184,23 @@ def train_unet(cfg: PretrainConfig, vae, tokenizer, out: Path, log) -> None:
             log({"phase": "checkpoint", "step": step + 1})
 
 
+def _environment() -> dict:
+    import sys
+
+    import diffusers
+    import transformers
+
+    return {"command": " ".join(["hypersd", *sys.argv[1:]]) if sys.argv else "", "torch": torch.__version__,
+            "diffusers": diffusers.__version__, "transformers": transformers.__version__,
+            "threads": torch.get_num_threads()}
+
+
 def pretrain(cfg: PretrainConfig, out: Path, work: Path | None = None) -> dict:
-    """Train all three networks and write the pipeline folder `out`; returns the record."""
+    """Train all three networks and write the pipeline folder `out`; returns the record.
+
+    The VAE is kept in `work` (default: `<out>.work`) and reused when the command is run again,
+    so an interrupted run restarts at the UNet stage.
+    """
     torch.set_num_threads(cfg.threads)
     out = Path(out)
     work = Path(work or out.with_name(out.name + ".work"))
@@ -200,17 +215,23 @@ def pretrain(cfg: PretrainConfig, out: Path, work: Path | None = None) -> dict:
     start = time.time()
     tokenizer = build_tokenizer_for(work / "tokenizer")
     vae_dir = work / "vae"
-    if (vae_dir / "config.json").exists():
+    vae_seconds = None
+    if (vae_dir / "diffusion_pytorch_model.safetensors").exists():
         from diffusers import AutoencoderKL
 
         vae = AutoencoderKL.from_pretrained(vae_dir).eval()
+        log({"phase": "vae_reused", "folder": str(vae_dir)})
     else:
         vae = train_vae(cfg, log)
         vae.save_pretrained(vae_dir)
+        vae_seconds = time.time() - start
     vae.requires_grad_(False)
     vae_quality = vae_psnr(vae, seed=cfg.seed + 5000)
     log({"phase": "vae_eval", "psnr_db": vae_quality})
+    unet_start = time.time()
     train_unet(cfg, vae, tokenizer, out, log)
-    record = {"config": asdict(cfg), "vae_psnr_db": vae_quality, "train_seconds": time.time() - start}
+    record = {"config": asdict(cfg), "environment": _environment(), "vae_psnr_db": vae_quality,
+              "vae_train_seconds": vae_seconds, "unet_train_seconds": time.time() - unet_start,
+              "train_seconds": time.time() - start}
     (out / "hypersd_pretrain.json").write_text(json.dumps(record, indent=2))
     return record
