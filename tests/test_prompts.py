@@ -15,6 +15,10 @@ def test_standard_set_is_balanced_and_fixed():
     assert set(counts.values()) == {100}
 
 
+def test_longer_standard_sets_start_with_the_600():
+    assert standard_prompts(1200)[:600] == standard_prompts(600)
+
+
 def test_shipped_prompt_file_is_the_standard_set():
     assert read_prompt_file(STANDARD_PROMPTS) == standard_prompts()
 

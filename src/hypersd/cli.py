@@ -199,22 +199,22 @@ def eval_cmd(model: Path = typer.Option(None, help="Diffusers pipeline folder (d
              scheduler: str = typer.Option("ddim", help="ddim, ddim-trailing, tcd, lcm, euler or dpmpp."),
              eta: Optional[float] = typer.Option(None, help="Stochasticity in [0, 1]."),
              guidance: Optional[float] = typer.Option(None, help="CFG scale (default: the teacher's)."),
-             prompts: Optional[Path] = typer.Option(None, help="Prompt file (default: standard 600)."),
-             n_prompts: Optional[int] = typer.Option(None, help="Use only the first N prompts."),
-             n_real: int = typer.Option(2000, help="Real images for the Frechet distance."),
+             prompts: Optional[Path] = typer.Option(None, help="Prompt file (default: the standard set, 2400)."),
+             n_prompts: Optional[int] = typer.Option(None, help="Use only the first N prompts (600: ShapesEval set)."),
+             n_real: int = typer.Option(2400, help="Real images for the Frechet distance."),
              label: str = typer.Option("model", help="Row label in the tables."),
              evaluator: Optional[Path] = typer.Option(None, help="Evaluator folder."),
              seed: int = typer.Option(0, help="Seed of the first image."),
              out: Path = typer.Option(..., help="Output folder.")):
     """Sample at several step counts and score: ShapesEval, FD, PSNR vs the teacher."""
     from hypersd.evaluator.evaluate import Row, evaluate, with_steps
-    from hypersd.prompts import read_prompt_file, standard_prompts
+    from hypersd.prompts import EVAL_SIZE, read_prompt_file, standard_prompts
 
     assets = _assets()
     step_list = _parse_steps(steps)
     settings = _settings(step_list[0], scheduler,
                          assets.TEACHER_GUIDANCE if guidance is None else guidance, eta, seed, None, lora, 125)
-    texts = read_prompt_file(prompts) if prompts else standard_prompts()
+    texts = read_prompt_file(prompts) if prompts else standard_prompts(EVAL_SIZE)
     if n_prompts is not None:
         require(n_prompts > 0, f"--n-prompts must be positive, got {n_prompts}")
         texts = texts[:n_prompts]

@@ -129,7 +129,8 @@ def save_pipeline(folder: Path, vae, text_encoder, tokenizer, unet) -> None:
     """Write a standard StableDiffusionPipeline folder atomically (temp folder, then rename)."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    scheduler = DDIMScheduler.from_config(build_noise_scheduler().config)
+    # Stable Diffusion's own convention: the last DDIM step lands on alphabar_0, not on 1
+    scheduler = DDIMScheduler.from_config(build_noise_scheduler().config, set_alpha_to_one=False)
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,

@@ -10,11 +10,15 @@ from hypersd.errors import UserError
 from hypersd.shapes.world import CATEGORIES, sample_scene
 
 STANDARD_SEED = 20240421
-STANDARD_SIZE = 600
+STANDARD_SIZE = 600  # the ShapesEval prompt set (100 per category)
+EVAL_SIZE = 2400  # default of `hypersd eval`: enough images for the Frechet distance; starts with the 600
 
 
 def standard_prompts(n: int = STANDARD_SIZE, seed: int = STANDARD_SEED) -> list[str]:
-    """n prompts balanced over the six categories (n / 6 each, round-robin), fixed seed."""
+    """n prompts balanced over the six categories (round-robin), fixed seed.
+
+    Prompt i depends only on i, so a longer set starts with every shorter one.
+    """
     rng = random.Random(seed)
     return [sample_scene(rng, CATEGORIES[i % len(CATEGORIES)]).caption for i in range(n)]
 

@@ -108,6 +108,7 @@ def load_pipeline(model: Path, dtype: torch.dtype = torch.float32):
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(f"cannot load model folder {model}: {str(exc).splitlines()[0]}") from None
     pipe.set_progress_bar_config(disable=True)
+    pipe.hypersd_scheduler_config = dict(pipe.scheduler.config)  # every sampler is built from this
     return pipe
 
 
@@ -137,7 +138,8 @@ def generate(pipe, prompts: list[str], settings: SampleSettings, seeds: list[int
     from hypersd.progress import progress
 
     settings.validate()
-    pipe.scheduler = make_scheduler(settings.scheduler, pipe.scheduler.config)
+    base_config = getattr(pipe, "hypersd_scheduler_config", None) or dict(pipe.scheduler.config)
+    pipe.scheduler = make_scheduler(settings.scheduler, base_config)
     call = {"guidance_scale": settings.guidance, "output_type": "np"}
     if settings.timesteps:
         require(_supports_custom_timesteps(pipe.scheduler),
