@@ -52,7 +52,8 @@ def real_images(n: int, seed: int = REAL_SEED) -> np.ndarray:
 
 
 def score(detector, images: np.ndarray, prompts: list[str], real_feats: np.ndarray,
-          reference: np.ndarray | None) -> dict:
+          reference: np.ndarray | None) -> tuple[dict, list[dict]]:
+    """Metrics of one set of images, and the per-image judgements."""
     records = judge_images(detector, images, prompts)
     result = {"shapes_eval": accuracy_table(records),
               "fd": frechet_distance(features(detector, images), real_feats)}
@@ -70,14 +71,16 @@ def evaluate(model: Path, rows: list[Row], prompts: list[str], detector_dir: Pat
     pipe = load_pipeline(model)
     reference_settings = SampleSettings(steps=REFERENCE_STEPS, scheduler=REFERENCE_SCHEDULER,
                                         guidance=TEACHER_GUIDANCE, seed=seed)
-    reference = _reference_images(pipe, out, prompts, seeds, reference_settings, rows)
+    reference, reference_seconds = _reference_images(pipe, out, prompts, seeds, reference_settings)
     results = []
     for row in rows:
         start = time.time()
         apply_loras(pipe, row.settings.loras)
-        images = (reference if _same(row.settings, reference_settings)
-                  else generate(pipe, prompts, row.settings, seeds, progress_desc=row.label))
-        seconds = time.time() - start
+        if _same(row.settings, reference_settings):
+            images, seconds = reference, reference_seconds
+        else:
+            images = generate(pipe, prompts, row.settings, seeds, progress_desc=row.label)
+            seconds = time.time() - start
         if row.settings.loras:
             pipe.unload_lora_weights()
         metrics, records = score(detector, images, prompts, real_feats, reference)
@@ -105,17 +108,19 @@ def _same(a: SampleSettings, b: SampleSettings) -> bool:
     return not a.loras and a.record() == b.record()
 
 
-def _reference_images(pipe, out: Path, prompts, seeds, settings: SampleSettings, rows) -> np.ndarray:
-    """The teacher's 50-step images, cached in out/reference.npz for reruns of the same prompts."""
+def _reference_images(pipe, out: Path, prompts, seeds, settings: SampleSettings):
+    """The teacher's 50-step images and their sampling time, cached in out/reference.npz."""
     cache = out / "reference.npz"
     key = json.dumps({"prompts": prompts, "seeds": seeds, "settings": settings.record()})
     if cache.is_file():
         stored = np.load(cache)
         if str(stored["key"]) == key:
-            return stored["images"]
+            return stored["images"], float(stored["seconds"])
+    start = time.time()
     images = generate(pipe, prompts, settings, seeds, progress_desc="teacher reference")
-    np.savez_compressed(cache, images=images, key=np.array(key))
-    return images
+    seconds = time.time() - start
+    np.savez_compressed(cache, images=images, key=np.array(key), seconds=np.array(seconds))
+    return images, seconds
 
 
 def _real_accuracy(detector, n: int = 600) -> dict:
