@@ -77,14 +77,23 @@ def pretrain(out: Path = typer.Option(Path("assets/tiny-sd"), help="Pipeline fol
              seed: int = typer.Option(0, help="Random seed."),
              vae_steps: int = typer.Option(2500, help="VAE training steps."),
              unet_steps: int = typer.Option(5000, help="UNet + text encoder training steps."),
-             threads: int = typer.Option(2, help="CPU threads.")):
+             threads: int = typer.Option(2, help="CPU threads."),
+             device: str = typer.Option("auto", help="auto (cuda if available), cpu or cuda."),
+             init: Optional[Path] = typer.Option(None, help="Continue from this pipeline folder (keeps its VAE).")):
     """Train the tiny Stable Diffusion of the Shapes world (VAE, CLIP text encoder, UNet)."""
+    from hypersd.errors import require_model_folder
     from hypersd.pretrain import PretrainConfig
     from hypersd.pretrain import pretrain as run
 
     require(vae_steps > 0 and unet_steps > 0, "step counts must be positive")
+    require(device in ("auto", "cpu", "cuda"), f"--device must be auto, cpu or cuda, got {device!r}")
+    if init is not None:
+        require_model_folder(init)
+        require(init.resolve() != out.resolve(), "--init and --out must be different folders")
     require_writable_dir(out.parent)
-    record = run(PretrainConfig(seed=seed, vae_steps=vae_steps, unet_steps=unet_steps, threads=threads), out)
+    cfg = PretrainConfig(seed=seed, vae_steps=vae_steps, unet_steps=unet_steps, threads=threads,
+                         device=device, init=str(init) if init else None)
+    record = run(cfg, out)
     typer.echo(f"wrote {out} (VAE PSNR {record['vae_psnr_db']:.2f} dB, {record['train_seconds'] / 60:.1f} min)")
 
 

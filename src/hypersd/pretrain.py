@@ -29,6 +29,7 @@ from hypersd.models.tiny_sd import (
     build_unet,
     build_vae,
 )
+from hypersd.evaluator.metrics import psnr_tensor as psnr
 from hypersd.progress import progress
 from hypersd.shapes.batches import ShapesStream
 
@@ -37,6 +38,8 @@ from hypersd.shapes.batches import ShapesStream
 class PretrainConfig:
     seed: int = 0
     threads: int = 2
+    device: str = "auto"  # auto: cuda when available, else cpu
+    init: str | None = None  # a pipeline folder to continue from (its VAE and tokenizer are kept)
     model: TinySDConfig = field(default_factory=TinySDConfig)
     vae_steps: int = 2500
     vae_batch: int = 32
@@ -53,10 +56,10 @@ class PretrainConfig:
     checkpoint_every: int = 500
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB of images in [-1, 1] (peak-to-peak 2)."""
-    mse = (a.float() - b.float()).pow(2).flatten(1).mean(1).clamp_min(1e-12)
-    return 10 * torch.log10(4.0 / mse)
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 def _cosine_lr(step: int, total: int, warmup: int) -> float:
@@ -67,13 +70,14 @@ def _cosine_lr(step: int, total: int, warmup: int) -> float:
 
 def train_vae(cfg: PretrainConfig, log) -> torch.nn.Module:
     torch.manual_seed(cfg.seed)
-    vae = build_vae(cfg.model)
+    device = resolve_device(cfg.device)
+    vae = build_vae(cfg.model).to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine_lr(s, cfg.vae_steps, 100))
     stream = ShapesStream(cfg.seed)
     bar = progress(range(cfg.vae_steps), desc="vae")
     for step in bar:
-        x, _, _ = stream.batch(cfg.vae_batch)
+        x = stream.batch(cfg.vae_batch)[0].to(device)
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample()).sample
         mse = F.mse_loss(recon, x)
@@ -94,7 +98,7 @@ def vae_psnr(vae, seed: int, n: int = 1000, batch: int = 250) -> float:
     """Mean reconstruction PSNR (dB) of the VAE (posterior mean) on freshly rendered images."""
     stream, values = ShapesStream(seed), []
     for start in range(0, n, batch):
-        x, _, _ = stream.batch(min(batch, n - start))
+        x = stream.batch(min(batch, n - start))[0].to(vae.device)
         recon = vae.decode(vae.encode(x).latent_dist.mean).sample
         values.append(psnr(recon.clamp(-1, 1), x))
     return torch.cat(values).mean().item()
@@ -106,7 +110,7 @@ def encode_pool(vae, seed: int, n: int, batch: int = 500):
     stream, means, stds, captions = ShapesStream(seed), [], [], []
     for _ in progress(range(0, n, batch), desc="encode latents"):
         x, caps, _ = stream.batch(batch)
-        dist = vae.encode(x).latent_dist
+        dist = vae.encode(x.to(vae.device)).latent_dist
         means.append(dist.mean)
         stds.append(dist.std)
         captions += caps
@@ -120,7 +124,7 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
 
 
 def _min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
-    alphas_cumprod = scheduler.alphas_cumprod[timesteps]
+    alphas_cumprod = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
     snr = alphas_cumprod / (1 - alphas_cumprod)
     return torch.clamp(snr, max=gamma) / snr if gamma > 0 else torch.ones_like(snr)
 
@@ -142,14 +146,18 @@ def save_pipeline(folder: Path, vae, text_encoder, tokenizer, unet) -> None:
     tmp.rename(folder)
 
 
-def train_unet(cfg: PretrainConfig, vae, tokenizer, out: Path, log) -> None:
+def train_unet(cfg: PretrainConfig, vae, tokenizer, out: Path, log, networks=None) -> None:
+    """Train text encoder + UNet (new ones, or `networks` = (text_encoder, unet) to continue)."""
     torch.manual_seed(cfg.seed + 1)
     rng = random.Random(cfg.seed + 1)
+    device = resolve_device(cfg.device)
     means, stds, captions = encode_pool(vae, cfg.seed + 1000, cfg.latent_pool)
-    scale = 1.0 / means.std().item()
-    vae.register_to_config(scaling_factor=scale)
+    if networks is None:
+        vae.register_to_config(scaling_factor=1.0 / means.std().item())
+        networks = (build_text_encoder(cfg.model, tokenizer), build_unet(cfg.model))
+    scale = vae.config.scaling_factor  # a continued model keeps the scale it was trained with
     log({"phase": "latents", "pool": len(captions), "scaling_factor": scale})
-    text_encoder, unet = build_text_encoder(cfg.model, tokenizer), build_unet(cfg.model)
+    text_encoder, unet = (net.to(device).train() for net in networks)
     ema_text, ema_unet = copy.deepcopy(text_encoder).eval(), copy.deepcopy(unet).eval()
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=0.01)
@@ -162,9 +170,9 @@ def train_unet(cfg: PretrainConfig, vae, tokenizer, out: Path, log) -> None:
         latents = (means[idx] + stds[idx] * torch.randn_like(means[idx])) * scale
         prompts = ["" if rng.random() < cfg.caption_dropout else captions[i] for i in idx.tolist()]
         ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
-                        truncation=True, return_tensors="pt").input_ids
+                        truncation=True, return_tensors="pt").input_ids.to(device)
         noise = torch.randn_like(latents)
-        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (cfg.unet_batch,))
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (cfg.unet_batch,), device=device)
         noisy = noise_scheduler.add_noise(latents, noise, t)
         pred = unet(noisy, t, text_encoder(ids)[0]).sample
         per_sample = (pred - noise).pow(2).flatten(1).mean(1)
@@ -183,6 +191,17 @@ def train_unet(cfg: PretrainConfig, vae, tokenizer, out: Path, log) -> None:
         if last or (step + 1) % cfg.checkpoint_every == 0:
             save_pipeline(out, vae, ema_text, tokenizer, ema_unet)
             log({"phase": "checkpoint", "step": step + 1})
+
+
+def _load_pipeline_parts(folder: Path):
+    """Tokenizer, VAE and (text encoder, UNet) of an existing pipeline folder."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    return (CLIPTokenizer.from_pretrained(folder / "tokenizer"),
+            AutoencoderKL.from_pretrained(folder / "vae"),
+            (CLIPTextModel.from_pretrained(folder / "text_encoder"),
+             UNet2DConditionModel.from_pretrained(folder / "unet")))
 
 
 def _environment() -> dict:
@@ -214,23 +233,28 @@ def pretrain(cfg: PretrainConfig, out: Path, work: Path | None = None) -> dict:
         log_file.flush()
 
     start = time.time()
-    tokenizer = build_tokenizer_for(work / "tokenizer")
-    vae_dir = work / "vae"
-    vae_seconds = None
-    if (vae_dir / "diffusion_pytorch_model.safetensors").exists():
-        from diffusers import AutoencoderKL
-
-        vae = AutoencoderKL.from_pretrained(vae_dir).eval()
-        log({"phase": "vae_reused", "folder": str(vae_dir)})
+    device = resolve_device(cfg.device)
+    vae_seconds, networks = None, None
+    if cfg.init:
+        tokenizer, vae, networks = _load_pipeline_parts(Path(cfg.init))
+        log({"phase": "init", "folder": cfg.init})
     else:
-        vae = train_vae(cfg, log)
-        vae.save_pretrained(vae_dir)
-        vae_seconds = time.time() - start
-    vae.requires_grad_(False)
+        tokenizer = build_tokenizer_for(work / "tokenizer")
+        vae_dir = work / "vae"
+        if (vae_dir / "diffusion_pytorch_model.safetensors").exists():
+            from diffusers import AutoencoderKL
+
+            vae = AutoencoderKL.from_pretrained(vae_dir)
+            log({"phase": "vae_reused", "folder": str(vae_dir)})
+        else:
+            vae = train_vae(cfg, log)
+            vae.save_pretrained(vae_dir)
+            vae_seconds = time.time() - start
+    vae = vae.to(device).eval().requires_grad_(False)
     vae_quality = vae_psnr(vae, seed=cfg.seed + 5000)
     log({"phase": "vae_eval", "psnr_db": vae_quality})
     unet_start = time.time()
-    train_unet(cfg, vae, tokenizer, out, log)
+    train_unet(cfg, vae, tokenizer, out, log, networks)
     record = {"config": asdict(cfg), "environment": _environment(), "vae_psnr_db": vae_quality,
               "vae_train_seconds": vae_seconds, "unet_train_seconds": time.time() - unet_start,
               "train_seconds": time.time() - start}
