@@ -92,3 +92,14 @@ def test_eval_refuses_non_shapes_prompts(tiny_pipeline_dir, tiny_evaluator_dir, 
 def test_eval_bad_steps(capsys, monkeypatch, tmp_path):
     code, err = run_cli(["eval", "--steps", "1,x", "--out", str(tmp_path / "e")], capsys, monkeypatch)
     assert_one_line_error(code, err, "--steps must be comma-separated integers")
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--unet-steps", "0"], "step counts must be positive"),
+    (["--unet-lr", "0"], "--unet-lr must be > 0"),
+    (["--unet-stop-at", "0"], "--unet-stop-at must be positive"),
+])
+def test_bad_pretrain_options(extra, needle, capsys, monkeypatch, tmp_path):
+    code, err = run_cli(["pretrain", "--out", str(tmp_path / "m"), *extra], capsys, monkeypatch)
+    assert_one_line_error(code, err, needle)
+    assert not (tmp_path / "m").exists()

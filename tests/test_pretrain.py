@@ -27,7 +27,12 @@ def test_pretrain_writes_a_plain_diffusers_pipeline_and_can_continue(tmp_path):
     assert steps == [2, 4]
 
     second = tmp_path / "second"
-    pretrain(_tiny_config(init=str(first)), second)
+    pretrain(_tiny_config(init=str(first), unet_stop_at=2), second)
+    record = json.loads((second / "hypersd_pretrain.json").read_text())
+    assert record["continued_from"]["config"]["init"] is None and record["config"]["unet_stop_at"] == 2
+    steps = [json.loads(x).get("step") for x in (tmp_path / "second.work" / "log.jsonl").read_text().splitlines()
+             if json.loads(x)["phase"] == "checkpoint"]
+    assert steps == [2]
     again = StableDiffusionPipeline.from_pretrained(second)
     assert again.vae.config.scaling_factor == scale  # a continued model keeps its latent scale
     before = load_file(first / "unet" / "diffusion_pytorch_model.safetensors")

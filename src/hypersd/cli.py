@@ -77,6 +77,10 @@ def pretrain(out: Path = typer.Option(Path("assets/tiny-sd"), help="Pipeline fol
              seed: int = typer.Option(0, help="Random seed."),
              vae_steps: int = typer.Option(2500, help="VAE training steps."),
              unet_steps: int = typer.Option(5000, help="UNet + text encoder training steps."),
+             unet_lr: float = typer.Option(5e-4, help="Peak learning rate of the UNet stage (cosine)."),
+             unet_warmup: int = typer.Option(200, help="Warm-up steps of the UNet stage."),
+             unet_stop_at: Optional[int] = typer.Option(
+                 None, help="Stop after this many UNet steps of the --unet-steps schedule (budgeted runs)."),
              threads: int = typer.Option(2, help="CPU threads."),
              device: str = typer.Option("auto", help="auto (cuda if available), cpu or cuda."),
              init: Optional[Path] = typer.Option(None, help="Continue from this pipeline folder (keeps its VAE).")):
@@ -86,12 +90,15 @@ def pretrain(out: Path = typer.Option(Path("assets/tiny-sd"), help="Pipeline fol
     from hypersd.pretrain import pretrain as run
 
     require(vae_steps > 0 and unet_steps > 0, "step counts must be positive")
+    require(unet_stop_at is None or unet_stop_at > 0, "--unet-stop-at must be positive")
+    require(unet_lr > 0 and 0 <= unet_warmup < unet_steps, "--unet-lr must be > 0, --unet-warmup in [0, unet-steps)")
     require(device in ("auto", "cpu", "cuda"), f"--device must be auto, cpu or cuda, got {device!r}")
     if init is not None:
         require_model_folder(init)
         require(init.resolve() != out.resolve(), "--init and --out must be different folders")
     require_writable_dir(out.parent)
     cfg = PretrainConfig(seed=seed, vae_steps=vae_steps, unet_steps=unet_steps, threads=threads,
+                         unet_lr=unet_lr, unet_warmup=unet_warmup, unet_stop_at=unet_stop_at,
                          device=device, init=str(init) if init else None)
     record = run(cfg, out)
     typer.echo(f"wrote {out} (VAE PSNR {record['vae_psnr_db']:.2f} dB, {record['train_seconds'] / 60:.1f} min)")

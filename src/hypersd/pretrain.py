@@ -50,6 +50,7 @@ class PretrainConfig:
     unet_batch: int = 128
     unet_lr: float = 5e-4
     unet_warmup: int = 200
+    unet_stop_at: int | None = None  # stop after this many steps of the unet_steps schedule (budgeted runs)
     caption_dropout: float = 0.1
     min_snr_gamma: float = 5.0
     ema_decay: float = 0.999
@@ -164,7 +165,8 @@ def train_unet(cfg: PretrainConfig, vae, tokenizer, out: Path, log, networks=Non
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: _cosine_lr(s, cfg.unet_steps, cfg.unet_warmup))
     noise_scheduler = build_noise_scheduler()
-    bar = progress(range(cfg.unet_steps), desc="unet+text")
+    stop = min(cfg.unet_stop_at or cfg.unet_steps, cfg.unet_steps)
+    bar = progress(range(stop), desc="unet+text")
     for step in bar:
         idx = torch.randint(0, len(captions), (cfg.unet_batch,))
         latents = (means[idx] + stds[idx] * torch.randn_like(means[idx])) * scale
@@ -187,7 +189,7 @@ def train_unet(cfg: PretrainConfig, vae, tokenizer, out: Path, log, networks=Non
         if step % 50 == 0:
             log({"phase": "unet", "step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0]})
             bar.set_postfix(loss=f"{loss.item():.4f}")
-        last = step == cfg.unet_steps - 1
+        last = step == stop - 1
         if last or (step + 1) % cfg.checkpoint_every == 0:
             save_pipeline(out, vae, ema_text, tokenizer, ema_unet)
             log({"phase": "checkpoint", "step": step + 1})
@@ -258,5 +260,8 @@ def pretrain(cfg: PretrainConfig, out: Path, work: Path | None = None) -> dict:
     record = {"config": asdict(cfg), "environment": _environment(), "vae_psnr_db": vae_quality,
               "vae_train_seconds": vae_seconds, "unet_train_seconds": time.time() - unet_start,
               "train_seconds": time.time() - start}
+    previous = Path(cfg.init or "") / "hypersd_pretrain.json"
+    if cfg.init and previous.is_file():  # a continued model carries the record of what it continued
+        record["continued_from"] = json.loads(previous.read_text())
     (out / "hypersd_pretrain.json").write_text(json.dumps(record, indent=2))
     return record
