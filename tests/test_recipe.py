@@ -1,0 +1,64 @@
+import pytest
+
+from hypersd.errors import UserError
+from hypersd.recipe import Recipe, load_recipe
+
+
+def test_defaults_are_the_four_stage_tscd():
+    recipe = load_recipe(None)
+    assert [s.segments for s in recipe.stages] == [8, 4, 2, 1]
+    assert recipe.stages[0].t_end == "uniform" and recipe.stages[0].teacher == "original"
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("name: short\nstages:\n  - {segments: 4, iterations: 5}\n  - {segments: 1, t_end: edge}\n"
+                    "lora: {rank: 4}\n")
+    recipe = load_recipe(path, ["stages.1.iterations=7", "training.batch_size=3", "stages.0.learning_rate=2e-4"])
+    assert recipe.name == "short" and [s.segments for s in recipe.stages] == [4, 1]
+    assert recipe.stages[0].iterations == 5 and recipe.stages[1].iterations == 7
+    assert recipe.stages[1].t_end == "edge" and recipe.stages[0].learning_rate == 2e-4
+    assert recipe.lora.rank == 4 and recipe.lora.alpha == 16.0 and recipe.training.batch_size == 3
+
+
+def test_resolved_yaml_round_trips(tmp_path):
+    recipe = load_recipe(None, ["stages.2.mse_weight=0.5"])
+    path = tmp_path / "resolved.yaml"
+    path.write_text(recipe.to_yaml())
+    assert load_recipe(path) == recipe
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("stages:\n  - {segmnts: 4}\n", "unknown key 'segmnts'"),
+    ("stages:\n  - {segments: 0}\n", "stages[0]: segments must be >= 1"),
+    ("stages:\n  - {t_end: sometimes}\n", "t_end must be uniform or edge"),
+    ("stages:\n  - {iterations: ten}\n", "stages[0].iterations: expected int"),
+    ("training: {mixed_precision: fp8}\n", "mixed_precision must be"),
+    ("stages: []\n", "at least one stage"),
+    ("- 1\n- 2\n", "mapping at the top level"),
+    ("stages: [\n", "not valid YAML"),
+])
+def test_bad_recipes_name_the_problem(tmp_path, text, needle):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=__import__("re").escape(needle)):
+        load_recipe(path)
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("stages.iterations=3", "name a list item by its index"),
+    ("training.batch_size", "KEY=VALUE"),
+    ("stages.9.iterations=3", "name a list item by its index"),
+])
+def test_bad_overrides(override, needle):
+    with pytest.raises(UserError, match=needle):
+        load_recipe(None, [override])
+
+
+def test_missing_file():
+    with pytest.raises(UserError, match="recipe file not found"):
+        load_recipe("/nonexistent/recipe.yaml")
+
+
+def test_recipe_is_plain_data():
+    assert "stages" in Recipe().to_yaml()
