@@ -1,0 +1,99 @@
+"""LoRA adapters on the UNet (peft) and their files (diffusers format, safetensors).
+
+A saved file is exactly what `StableDiffusionPipeline.save_lora_weights` writes (so
+`pipe.load_lora_weights(file)` loads it unchanged, alpha included), plus one metadata entry,
+`hypersd_inference`: the recommended scheduler, timestep spacing, steps, guidance and eta, which
+`hypersd sample` applies unless the user overrides them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from hypersd.errors import UserError
+
+INFERENCE_KEY = "hypersd_inference"
+
+
+def lora_config(rank: int, alpha: float, targets: list[str]):
+    from peft import LoraConfig
+
+    return LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), init_lora_weights=True)
+
+
+def add_lora(unet, rank: int, alpha: float, targets: list[str], name: str = "student"):
+    """Add a trainable LoRA adapter to `unet` and make it the active one; returns its config."""
+    config = lora_config(rank, alpha, targets)
+    try:
+        unet.add_adapter(config, adapter_name=name)
+    except ValueError as exc:
+        raise UserError(f"cannot add LoRA to the UNet: {str(exc).splitlines()[0]}") from None
+    unet.set_adapter(name)
+    return config
+
+
+def save_lora(path: Path, unet, name: str, inference: dict | None = None, extra: dict | None = None) -> Path:
+    """Write adapter `name` of `unet` to one safetensors file, atomically."""
+    from diffusers import StableDiffusionPipeline
+    from peft.utils import get_peft_model_state_dict
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config = unet.peft_config[name]
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        StableDiffusionPipeline.save_lora_weights(
+            tmp, unet_lora_layers=get_peft_model_state_dict(unet, adapter_name=name),
+            unet_lora_adapter_metadata=config.to_dict(), weight_name="lora.safetensors")
+        written = Path(tmp) / "lora.safetensors"
+        with safe_open(written, "pt") as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+        if inference is not None:
+            metadata[INFERENCE_KEY] = json.dumps(inference)
+        for key, value in (extra or {}).items():
+            metadata[f"hypersd_{key}"] = value if isinstance(value, str) else json.dumps(value)
+        partial = Path(tmp) / "final.safetensors"
+        save_file(tensors, partial, metadata=metadata)
+        os.replace(partial, path)
+    return path
+
+
+def read_metadata(path: Path) -> dict:
+    """The file's safetensors metadata; one clear error for a missing or malformed file."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"LoRA file not found: {path}")
+    try:
+        with safe_open(path, "pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as exc:  # safetensors raises its own error types for a bad header
+        raise UserError(f"cannot read LoRA {path}: not a safetensors file ({type(exc).__name__})") from None
+
+
+def inference_settings(path: Path) -> dict:
+    """The recommended sampling settings stored in a LoRA file ({} when it has none)."""
+    text = read_metadata(path).get(INFERENCE_KEY)
+    if not text:
+        return {}
+    try:
+        settings = json.loads(text)
+    except json.JSONDecodeError:
+        raise UserError(f"LoRA {path}: its {INFERENCE_KEY} metadata is not valid JSON") from None
+    return settings if isinstance(settings, dict) else {}
+
+
+def copy_lora(src: Path, dst: Path) -> Path:
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    return dst

@@ -1,0 +1,83 @@
+"""LoRA files: diffusers' loader reads them unchanged (alpha included) and they carry inference settings."""
+
+import json
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from hypersd.errors import UserError
+from hypersd.lora import add_lora, inference_settings, read_metadata, save_lora
+from hypersd.recipe import Lora
+
+SETTINGS = {"scheduler": "ddim-trailing", "steps": 4, "guidance": 0.0, "eta": 0.0}
+
+
+def _randomise(unet):
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, param in unet.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.05)
+
+
+def _unet_output(unet):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 8, 8, generator=gen)
+    context = torch.randn(2, 32, unet.config.cross_attention_dim, generator=gen)
+    with torch.no_grad():
+        return unet(x, torch.tensor([999, 400]), context).sample
+
+
+def test_saved_lora_loads_in_plain_diffusers_with_equal_outputs(tiny_pipeline_dir, tmp_path):
+    ours = StableDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
+    base_out = _unet_output(ours.unet)
+    cfg = Lora(rank=4, alpha=8.0)  # alpha != rank: the scale must survive the round trip
+    add_lora(ours.unet, cfg.rank, cfg.alpha, cfg.targets)
+    _randomise(ours.unet)
+    expected = _unet_output(ours.unet)
+    assert (expected - base_out).abs().max() > 1e-3
+
+    path = save_lora(tmp_path / "k4.safetensors", ours.unet, "student", inference=SETTINGS, extra={"stage": "k4"})
+    plain = StableDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
+    plain.load_lora_weights(str(path))
+    torch.testing.assert_close(_unet_output(plain.unet), expected, rtol=1e-5, atol=1e-5)
+    n_lora = sum(1 for n, _ in plain.unet.named_parameters() if "lora_A" in n)
+    assert n_lora == sum(1 for n, _ in ours.unet.named_parameters() if "lora_A" in n) > 50
+    assert inference_settings(path) == SETTINGS
+    assert read_metadata(path)["hypersd_stage"] == "k4"
+    assert not list(tmp_path.glob("tmp*"))  # nothing left behind
+
+
+def test_conv_and_time_targets_are_saved(tiny_pipeline_dir, tmp_path):
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
+    add_lora(pipe.unet, 2, 2.0, Lora().targets)
+    path = save_lora(tmp_path / "a.safetensors", pipe.unet, "student")
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as f:
+        keys = list(f.keys())
+    assert any("conv1.lora_A" in k for k in keys) and any("time_emb_proj.lora_A" in k for k in keys)
+    assert inference_settings(path) == {}
+
+
+def test_bad_lora_files(tmp_path):
+    with pytest.raises(UserError, match="LoRA file not found"):
+        inference_settings(tmp_path / "none.safetensors")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 64)
+    with pytest.raises(UserError, match="not a safetensors file"):
+        inference_settings(junk)
+
+
+def test_unknown_target_is_a_clear_error(tiny_pipeline_dir):
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
+    with pytest.raises(UserError, match="cannot add LoRA"):
+        add_lora(pipe.unet, 2, 2.0, ["no_such_module"])
+
+
+def test_metadata_is_json(tiny_pipeline_dir, tmp_path):
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
+    add_lora(pipe.unet, 2, 2.0, ["to_q"])
+    path = save_lora(tmp_path / "b.safetensors", pipe.unet, "student", inference=SETTINGS)
+    assert json.loads(read_metadata(path)["hypersd_inference"])["steps"] == 4
