@@ -81,3 +81,28 @@ def test_metadata_is_json(tiny_pipeline_dir, tmp_path):
     add_lora(pipe.unet, 2, 2.0, ["to_q"])
     path = save_lora(tmp_path / "b.safetensors", pipe.unet, "student", inference=SETTINGS)
     assert json.loads(read_metadata(path)["hypersd_inference"])["steps"] == 4
+
+
+def test_sample_applies_the_lora_settings_unless_overridden(tiny_pipeline_dir, tmp_path, monkeypatch):
+    import sys
+
+    from hypersd.cli import main
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
+    add_lora(pipe.unet, 2, 2.0, ["to_q"])
+    path = save_lora(tmp_path / "k2.safetensors", pipe.unet, "student",
+                     inference={"scheduler": "tcd", "steps": 2, "guidance": 0.0, "eta": 0.3})
+
+    def run(*extra):
+        out = tmp_path / f"out{len(extra)}"
+        monkeypatch.setattr(sys, "argv", ["hypersd", "sample", "--model", str(tiny_pipeline_dir), "--lora",
+                                          str(path), "--prompt", "a red circle", "--out", str(out), *extra])
+        with pytest.raises(SystemExit) as info:
+            main()
+        assert info.value.code in (0, None)
+        return json.loads((out / "samples.jsonl").read_text().splitlines()[0])
+
+    stored = run()
+    assert (stored["scheduler"], stored["steps"], stored["eta"]) == ("tcd", 2, 0.3)
+    overridden = run("--steps", "3", "--eta", "1.0")
+    assert (overridden["scheduler"], overridden["steps"], overridden["eta"]) == ("tcd", 3, 1.0)

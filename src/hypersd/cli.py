@@ -186,18 +186,28 @@ def sample(model: Path = typer.Option(..., help="Diffusers pipeline folder."),
            lora: Optional[list[str]] = typer.Option(None, help="LoRA file, FILE or FILE:SCALE; repeatable."),
            prompt: Optional[list[str]] = typer.Option(None, help="A prompt; repeatable."),
            prompts: Optional[Path] = typer.Option(None, help="Prompt file: .txt (one per line) or .jsonl."),
-           steps: int = typer.Option(4, help="Sampling steps."),
-           scheduler: str = typer.Option("ddim-trailing", help="ddim, ddim-trailing, tcd, lcm, euler or dpmpp."),
+           steps: Optional[int] = typer.Option(None, help="Sampling steps (default: the LoRA's, else 4)."),
+           scheduler: Optional[str] = typer.Option(
+               None, help="ddim, ddim-trailing, tcd, lcm, euler or dpmpp (default: the LoRA's, else ddim-trailing)."),
            eta: Optional[float] = typer.Option(None, help="Stochasticity (TCD gamma / DDIM eta), in [0, 1]."),
-           guidance: float = typer.Option(0.0, help="Classifier-free guidance scale (<= 1: off)."),
+           guidance: Optional[float] = typer.Option(
+               None, help="Classifier-free guidance scale, <= 1: off (default: the LoRA's, else 0)."),
            seed: int = typer.Option(0, help="Seed of the first image; image i uses seed + i."),
            timesteps: Optional[str] = typer.Option(None, help="Custom timesteps, e.g. 800 (LCM/TCD)."),
            batch_size: int = typer.Option(125, help="Images per pipeline call."),
            out: Path = typer.Option(..., help="Output folder.")):
-    """Generate images: PNGs, samples.jsonl and a labelled grid."""
-    from hypersd.sampling import apply_loras, generate, load_pipeline, write_samples
+    """Generate images: PNGs, samples.jsonl and a labelled grid.
 
-    settings = _settings(steps, scheduler, guidance, eta, seed, timesteps, lora, batch_size)
+    Settings not given on the command line come from the first LoRA's metadata, if it has them.
+    """
+    from hypersd.sampling import LoraSpec, apply_loras, generate, load_pipeline, resolve_settings, write_samples
+
+    given = {"steps": steps, "scheduler": scheduler, "guidance": guidance, "eta": eta,
+             "timesteps": _parse_timesteps(timesteps)}
+    chosen = resolve_settings(given, [LoraSpec.parse(x) for x in lora or []])
+    timesteps_text = ",".join(map(str, chosen["timesteps"])) if chosen["timesteps"] else None
+    settings = _settings(chosen["steps"], chosen["scheduler"], chosen["guidance"], chosen["eta"], seed,
+                         timesteps_text, lora, batch_size)
     texts = _load_prompts(prompt, prompts)
     require_writable_dir(out.parent)
     pipe = load_pipeline(model)

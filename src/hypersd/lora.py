@@ -75,7 +75,7 @@ def read_metadata(path: Path) -> dict:
         with safe_open(path, "pt") as f:
             return dict(f.metadata() or {})
     except Exception as exc:  # safetensors raises its own error types for a bad header
-        raise UserError(f"cannot read LoRA {path}: not a safetensors file ({type(exc).__name__})") from None
+        raise UserError(f"cannot load LoRA {path}: not a safetensors file ({type(exc).__name__})") from None
 
 
 def inference_settings(path: Path) -> dict:

@@ -73,6 +73,27 @@ class SampleSettings:
         }
 
 
+SETTING_DEFAULTS = {"steps": 4, "scheduler": "ddim-trailing", "guidance": 0.0, "eta": None, "timesteps": None}
+
+
+def recommended_settings(loras: list[LoraSpec]) -> dict:
+    """Sampling settings stored in the first LoRA file that has them (see hypersd.lora)."""
+    from hypersd.lora import inference_settings
+
+    for spec in loras:
+        stored = inference_settings(spec.path)
+        if stored:
+            return {key: stored[key] for key in SETTING_DEFAULTS if key in stored}
+    return {}
+
+
+def resolve_settings(given: dict, loras: list[LoraSpec]) -> dict:
+    """What the user gave, else what the LoRA recommends, else the defaults (None = not given)."""
+    chosen = {**SETTING_DEFAULTS, **recommended_settings(loras)}
+    chosen.update({key: value for key, value in given.items() if value is not None})
+    return chosen
+
+
 def make_scheduler(name: str, base_config):
     """A diffusers scheduler by project name, built from the model's own noise-schedule config."""
     from diffusers import (
