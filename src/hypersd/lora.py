@@ -27,9 +27,13 @@ def lora_config(rank: int, alpha: float, targets: list[str]):
 
 def add_lora(unet, rank: int, alpha: float, targets: list[str], name: str = "student"):
     """Add a trainable LoRA adapter to `unet` and make it the active one; returns its config."""
+    import warnings
+
     config = lora_config(rank, alpha, targets)
     try:
-        unet.add_adapter(config, adapter_name=name)
+        with warnings.catch_warnings():  # several adapters on one UNet is the design, not a mistake
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+            unet.add_adapter(config, adapter_name=name)
     except ValueError as exc:
         raise UserError(f"cannot add LoRA to the UNet: {str(exc).splitlines()[0]}") from None
     unet.set_adapter(name)

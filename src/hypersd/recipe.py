@@ -86,11 +86,32 @@ class Training:
 
 
 @dataclass
+class Data:
+    source: str = "shapes"            # "shapes" (rendered on the fly, seeded) or an image-folder path
+    pool_size: int = 20000            # Shapes scenes encoded once; latents re-drawn from the posterior
+    resolution: int = 32              # image side for folders
+    seed: int = 1234
+
+    def validate(self, where: str) -> None:
+        _require(self.pool_size >= 1 and self.resolution >= 8, where, "pool_size >= 1 and resolution >= 8")
+
+
+@dataclass
+class Samples:
+    """What the run samples at the end of each stage (grids in the run folder)."""
+
+    prompts: int = 16                 # the first N standard ShapesEval prompts
+    seed: int = 0
+
+
+@dataclass
 class Recipe:
     name: str = "tscd"
     stages: list[Stage] = field(default_factory=lambda: [Stage(segments=k) for k in (8, 4, 2, 1)])
     lora: Lora = field(default_factory=Lora)
     training: Training = field(default_factory=Training)
+    data: Data = field(default_factory=Data)
+    samples: Samples = field(default_factory=Samples)
 
     def validate(self) -> "Recipe":
         _require(len(self.stages) > 0, "stages", "a recipe needs at least one stage")
@@ -98,6 +119,7 @@ class Recipe:
             stage.validate(f"stages[{i}]")
         self.lora.validate("lora")
         self.training.validate("training")
+        self.data.validate("data")
         return self
 
     def to_yaml(self) -> str:

@@ -1,0 +1,206 @@
+"""The distillation run: stages of TSCD on accelerate, with checkpoints, resume and per-stage LoRAs.
+
+Run folder layout:
+  recipe.yaml            the resolved recipe
+  log.jsonl              one line per logged step, stage end and checkpoint
+  checkpoint/            the latest checkpoint (adapters, optimizer, RNG, position)
+  loras/tscd-k{k}.safetensors   each stage's LoRA, diffusers format, inference settings in metadata
+  samples/k{k}/          grids of each stage's LoRA at its own step count
+  metrics.json           per-stage loss and speed
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from hypersd.distill.checkpoint import read_position, restore_checkpoint, save_checkpoint
+from hypersd.distill.data import build_pool
+from hypersd.distill.ema import copy_adapter
+from hypersd.distill.tscd import STUDENT, TARGET, TEACHER, TSCD
+from hypersd.errors import UserError
+from hypersd.lora import add_lora, save_lora
+from hypersd.progress import progress
+from hypersd.recipe import Recipe, Stage
+
+
+def stage_name(stage: Stage) -> str:
+    return f"k{stage.segments}"
+
+
+def stage_inference(stage: Stage) -> dict:
+    """How a stage's LoRA samples: k trailing DDIM steps, no guidance (the model card's convention)."""
+    return {"scheduler": "ddim-trailing", "timestep_spacing": "trailing", "steps": stage.segments,
+            "guidance": 0.0, "eta": 0.0}
+
+
+class Run:
+    def __init__(self, recipe: Recipe, model_dir: Path, out: Path, device: str = "auto"):
+        from accelerate import Accelerator
+
+        from hypersd.models.adapter import load_adapter
+
+        self.recipe, self.out = recipe, Path(out)
+        use_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+        self.accelerator = Accelerator(cpu=use_cpu, mixed_precision=recipe.training.mixed_precision,
+                                       gradient_accumulation_steps=recipe.training.gradient_accumulation)
+        self.model = load_adapter(model_dir, device=self.accelerator.device)
+        self.model.freeze_base()
+        if recipe.training.gradient_checkpointing:
+            self.model.unet.enable_gradient_checkpointing()
+        lora = recipe.lora
+        for name in (STUDENT, TARGET):
+            add_lora(self.model.unet, lora.rank, lora.alpha, lora.targets, name=name)
+        self.model.unet.set_adapter(STUDENT)
+        self.log_file = None
+
+    # ---------------------------------------------------------------- bookkeeping
+    def log(self, record: dict) -> None:
+        if self.accelerator.is_main_process:
+            self.log_file.write(json.dumps(record) + "\n")
+            self.log_file.flush()
+
+    def _student_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for k, p in self.model.unet.named_parameters() if f".{STUDENT}." in k and "lora_" in k]
+
+    def _needs_teacher_adapter(self, index: int) -> bool:
+        return index > 0 and self.recipe.stages[index].teacher == "previous"
+
+    def _add_teacher_adapter(self) -> None:
+        unet = self.model.unet
+        if TEACHER not in unet.peft_config:
+            lora = self.recipe.lora
+            add_lora(unet, lora.rank, lora.alpha, lora.targets, name=TEACHER)
+            unet.set_adapter(STUDENT)
+
+    def _start_stage(self, index: int) -> None:
+        """Fresh stage: the target restarts from the student; teacher "previous" freezes a copy of it."""
+        if self._needs_teacher_adapter(index):
+            self._add_teacher_adapter()
+            copy_adapter(self.model.unet, STUDENT, TEACHER)
+        copy_adapter(self.model.unet, STUDENT, TARGET)
+
+    # ---------------------------------------------------------------- the stages
+    def train(self, resume: bool = False, stop_after: int | None = None) -> dict:
+        """Run every stage; `stop_after` optimizer steps in all ends the run early (as a kill would)."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "recipe.yaml").write_text(self.recipe.to_yaml())
+        self.log_file = (self.out / "log.jsonl").open("a")
+        position = read_position(self.out / "checkpoint") if resume else None
+        if resume and position is None:
+            raise UserError(f"nothing to resume in {self.out} (no checkpoint)")
+        torch.manual_seed(self.recipe.training.seed)
+        pool = build_pool(self.model.vae, self.recipe.data.source, self.recipe.data.pool_size,
+                          self.recipe.data.seed, self.recipe.data.resolution)
+        self.log({"event": "data", "pool": len(pool), "resume": position})
+        metrics_file = self.out / "metrics.json"
+        metrics = json.loads(metrics_file.read_text()) if resume and metrics_file.is_file() else {"stages": {}}
+        done_steps = 0
+        for index, stage in enumerate(self.recipe.stages):
+            if position is not None and index < position["stage"]:
+                continue
+            resuming = position is not None
+            start = position["step"] if resuming else 0
+            if resuming and self._needs_teacher_adapter(index) and start > 0:
+                self._add_teacher_adapter()  # its weights come from the checkpoint
+            optimizer = self.accelerator.prepare(
+                torch.optim.AdamW(self._student_parameters(), lr=stage.learning_rate, weight_decay=0.0))
+            if resuming:
+                restore_checkpoint(self.out / "checkpoint", self.model.unet, optimizer)
+                position = None
+            if start == 0:
+                self._start_stage(index)
+            budget = None if stop_after is None else stop_after - done_steps
+            finished, ran = self._train_stage(index, stage, pool, optimizer, start, budget)
+            done_steps += ran
+            if not finished:
+                return metrics
+            metrics["stages"][stage_name(stage)] = self._finish_stage(index, stage)
+            if self.accelerator.is_main_process:
+                metrics_file.write_text(json.dumps(metrics, indent=2))
+        return metrics
+
+    def _train_stage(self, index: int, stage: Stage, pool, optimizer, start: int, budget: int | None):
+        rec, acc, unet = self.recipe.training, self.accelerator, self.model.unet
+        method = TSCD(self.model, stage)
+        params = self._student_parameters()
+        label = f"stage {index + 1}/{len(self.recipe.stages)} {stage_name(stage)}"
+        bar = progress(range(start, stage.iterations), desc=label, initial=start, total=stage.iterations)
+        ran, recent, tick = 0, [], time.time()
+        for step in bar:
+            if budget is not None and ran >= budget:
+                return False, ran
+            for _ in range(rec.gradient_accumulation):
+                with acc.accumulate(unet), acc.autocast():
+                    x0, captions = pool.draw(rec.batch_size)
+                    x0 = x0.to(acc.device)
+                    cond = self.model.encode_prompts(captions)
+                    parts = method.losses(x0, cond, self.model.unconditional(len(captions)))
+                    loss = parts["loss"]
+                    if not torch.isfinite(loss):
+                        raise UserError(f"loss became {loss.item()} at {stage_name(stage)} step {step}; "
+                                        f"the last good checkpoint is kept in {self.out / 'checkpoint'}")
+                    acc.backward(loss)
+                    if acc.sync_gradients:
+                        acc.clip_grad_norm_(params, rec.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+            method.after_step()
+            ran += 1
+            recent = (recent + [loss.item()])[-50:]
+            if step % rec.log_every == 0 or step == stage.iterations - 1:
+                rate = ran / max(time.time() - tick, 1e-9)
+                self.log({"stage": stage_name(stage), "step": step, **{k: v.item() for k, v in parts.items()},
+                          "it_per_s": rate})
+                bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+            if (step + 1) % rec.checkpoint_every == 0 or step == stage.iterations - 1:
+                self._checkpoint(optimizer, index, step + 1)
+        self._stage_stats = {"final_loss": sum(recent) / max(len(recent), 1),
+                             "seconds": time.time() - tick, "steps": ran}
+        return True, ran
+
+    def _checkpoint(self, optimizer, index: int, step: int) -> None:
+        if self.accelerator.is_main_process:
+            save_checkpoint(self.out / "checkpoint", self.model.unet, optimizer, {"stage": index, "step": step})
+            self.log({"event": "checkpoint", "stage": index, "step": step})
+
+    def _finish_stage(self, index: int, stage: Stage) -> dict:
+        name = stage_name(stage)
+        path = self.out / "loras" / f"tscd-{name}.safetensors"
+        if self.accelerator.is_main_process:
+            save_lora(path, self.model.unet, STUDENT, inference=stage_inference(stage),
+                      extra={"stage": name, "recipe": self.recipe.name})
+            self._sample_grid(stage)
+        # the next stage starts at step 0 of stage index + 1
+        if index + 1 < len(self.recipe.stages):
+            self._checkpoint(None, index + 1, 0)
+        stats = getattr(self, "_stage_stats", {})
+        self.log({"event": "stage_end", "stage": name, "lora": str(path), **stats})
+        return {"lora": str(path), **stats}
+
+    @torch.no_grad()
+    def _sample_grid(self, stage: Stage) -> None:
+        from hypersd.prompts import standard_prompts
+        from hypersd.sampling import SampleSettings, generate, write_samples
+
+        prompts = standard_prompts()[: self.recipe.samples.prompts]
+        if not prompts:
+            return
+        settings = SampleSettings(steps=stage.segments, scheduler="ddim-trailing", guidance=0.0,
+                                  seed=self.recipe.samples.seed, batch_size=64)
+        state = torch.get_rng_state()  # sampling must not change the training stream
+        self.model.unet.set_adapter(STUDENT)
+        images = generate(self.model.pipe, prompts, settings)
+        torch.set_rng_state(state)
+        seeds = [settings.seed + i for i in range(len(prompts))]
+        write_samples(self.out / "samples" / stage_name(stage), images, prompts, seeds, settings)
+
+
+def estimate_teacher_evaluations(recipe: Recipe) -> int:
+    """UNet sample-evaluations per run (guided teacher 2, target 1, student 1 per sample and step)."""
+    per_step = 4 * recipe.training.batch_size * recipe.training.gradient_accumulation
+    return int(math.fsum(stage.iterations * per_step for stage in recipe.stages))

@@ -1,0 +1,80 @@
+"""Trajectory Segmented Consistency Distillation, one stage (Hyper-SD, Ren et al. 2024, Algorithm 1).
+
+Three networks, one UNet: the student is LoRA adapter "student"; the target network is adapter
+"target", an exponential moving average of the student; the teacher is the UNet with adapters
+disabled (the original model) or adapter "teacher" (the previous stage's student, frozen).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from hypersd.distill.ema import ema_update
+from hypersd.distill.losses import mse, pseudo_huber
+from hypersd.recipe import Stage
+from hypersd.segments import sample_grid_pair, sample_t_end, segment_boundary
+from hypersd.solver import ddim_jump, training_grid
+
+STUDENT, TARGET, TEACHER = "student", "target", "teacher"
+
+
+class TSCD:
+    def __init__(self, model, stage: Stage):
+        self.model, self.stage = model, stage
+        self.grid = training_grid(model.num_train_timesteps, stage.skip)
+        self.alphas_cumprod = model.alphas_cumprod.to(model.device)
+        self.teacher_adapter = TEACHER if stage.teacher == "previous" and self._has(TEACHER) else None
+
+    def _has(self, name: str) -> bool:
+        return name in getattr(self.model.unet, "peft_config", {})
+
+    def _noise(self, x0: torch.Tensor) -> torch.Tensor:
+        noise = torch.randn_like(x0)
+        if self.stage.offset_noise > 0:  # a per-sample, per-channel constant
+            noise = noise + self.stage.offset_noise * torch.randn(*x0.shape[:2], *([1] * (x0.ndim - 2)),
+                                                                  device=x0.device, dtype=x0.dtype)
+        return noise
+
+    def sample_times(self, batch: int, device) -> dict[str, torch.Tensor]:
+        """t_n, t_{n-1}, t_b, t_end and the guidance scale w for one batch (Algorithm 1, lines 3-6)."""
+        st = self.stage
+        t_n, t_prev = sample_grid_pair(self.grid, batch)
+        t_b = segment_boundary(t_n, t_prev, st.segments, self.model.num_train_timesteps)
+        t_end = sample_t_end(t_b, t_prev, st.t_end)
+        w = st.guidance_min + (st.guidance_max - st.guidance_min) * torch.rand(batch)
+        return {k: v.to(device) for k, v in dict(t_n=t_n, t_prev=t_prev, t_b=t_b, t_end=t_end, w=w).items()}
+
+    @torch.no_grad()
+    def target(self, x_tn, times, cond, uncond) -> torch.Tensor:
+        """Psi(x_hat_{n-1}, f_target(x_hat_{n-1}, t_{n-1}), t_end) with x_hat_{n-1} the guided teacher's jump."""
+        m, ac = self.model, self.alphas_cumprod
+        with m.adapter(self.teacher_adapter):
+            eps_teacher = m.guided_eps(x_tn, times["t_n"], cond, uncond, times["w"])
+        x_prev = ddim_jump(x_tn, eps_teacher, times["t_n"], times["t_prev"], ac)
+        with m.adapter(TARGET):
+            eps_target = m.eps(x_prev, times["t_prev"], cond)
+        return ddim_jump(x_prev, eps_target, times["t_prev"], times["t_end"], ac)
+
+    def prediction(self, x_tn, times, cond) -> torch.Tensor:
+        """Psi(x_{t_n}, f_student(x_{t_n}, t_n), t_end); the student is called unguided."""
+        with self.model.adapter(STUDENT):
+            eps = self.model.eps(x_tn, times["t_n"], cond)
+        return ddim_jump(x_tn, eps, times["t_n"], times["t_end"], self.alphas_cumprod)
+
+    def losses(self, x0: torch.Tensor, cond, uncond) -> dict[str, torch.Tensor]:
+        st = self.stage
+        times = self.sample_times(x0.shape[0], x0.device)
+        x_tn = self.model.add_noise(x0, self._noise(x0), times["t_n"])
+        target = self.target(x_tn, times, cond, uncond)
+        pred = self.prediction(x_tn, times, cond)
+        parts = {"mse": mse(pred, target).mean()}
+        total = st.mse_weight * parts["mse"]
+        if st.huber_weight > 0:
+            parts["huber"] = pseudo_huber(pred, target, st.huber_c).mean()
+            total = total + st.huber_weight * parts["huber"]
+        parts["loss"] = total
+        return parts
+
+    def after_step(self) -> None:
+        """Update the target network (Algorithm 1, last line)."""
+        ema_update(self.model.unet, STUDENT, TARGET, self.stage.ema_decay)

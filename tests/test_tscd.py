@@ -1,0 +1,125 @@
+"""The TSCD training step (Algorithm 1) and the distillation run: loss sanity, one UNet, resume."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hypersd.distill.loop import Run
+from hypersd.distill.tscd import STUDENT, TARGET, TSCD
+from hypersd.lora import add_lora, inference_settings
+from hypersd.models.adapter import load_adapter
+from hypersd.recipe import Recipe, Stage, load_recipe
+
+
+@pytest.fixture
+def model(tiny_pipeline_dir):
+    torch.manual_seed(0)
+    m = load_adapter(tiny_pipeline_dir)
+    m.freeze_base()
+    for name in (STUDENT, TARGET):
+        add_lora(m.unet, 2, 2.0, ["to_q", "to_k", "to_v", "conv1"], name=name)
+    m.unet.set_adapter(STUDENT)
+    return m
+
+
+def _batch(m, n=4):
+    x0 = torch.randn(n, 4, 8, 8)
+    cond = m.encode_prompts(["a red circle"] * n)
+    return x0, cond, m.unconditional(n)
+
+
+def test_one_segment_per_grid_step_is_teacher_distillation_with_zero_loss_at_init(model):
+    # k = 40 with skip 25: every pair is a boundary step (t_end = t_{n-1}); the zero-initialised
+    # LoRA student equals the teacher, so with guidance 1 its jump equals the teacher's jump.
+    method = TSCD(model, Stage(segments=40, skip=25, guidance_min=1.0, guidance_max=1.0))
+    parts = method.losses(*_batch(model))
+    assert parts["loss"].item() < 1e-10
+
+
+def test_loss_is_positive_with_guidance_or_wider_segments(model):
+    assert TSCD(model, Stage(segments=40, skip=25, guidance_min=5, guidance_max=5)).losses(*_batch(model))["loss"] > 1e-6
+    assert TSCD(model, Stage(segments=1, guidance_min=1, guidance_max=1)).losses(*_batch(model))["loss"] > 1e-6
+
+
+def test_only_the_student_adapter_gets_gradients(model):
+    parts = TSCD(model, Stage(segments=4)).losses(*_batch(model))
+    parts["loss"].backward()
+    grads = {k: p.grad for k, p in model.unet.named_parameters()}
+    student = [g for k, g in grads.items() if f".{STUDENT}." in k]
+    assert student and any(g is not None and g.abs().sum() > 0 for g in student)
+    assert all(g is None for k, g in grads.items() if f".{STUDENT}." not in k)
+
+
+def test_times_respect_the_segments(model):
+    method = TSCD(model, Stage(segments=4, skip=20))
+    times = method.sample_times(5000, "cpu")
+    assert (times["t_end"] >= times["t_b"]).all() and (times["t_end"] <= times["t_prev"]).all()
+    assert (times["t_prev"] < times["t_n"]).all() and times["w"].min() >= 3 and times["w"].max() <= 8
+
+
+def _tiny_recipe(tmp_path, **training):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(
+        "name: tiny\n"
+        "stages:\n"
+        "  - {segments: 2, iterations: 3, learning_rate: 1.0e-3, ema_decay: 0.5}\n"
+        "  - {segments: 1, iterations: 3, learning_rate: 1.0e-3, teacher: previous, ema_decay: 0.0}\n"
+        "lora: {rank: 2, alpha: 2, targets: [to_q, to_k, to_v, conv1]}\n"
+        "data: {pool_size: 32}\n"
+        "samples: {prompts: 4}\n")
+    overrides = [f"training.{k}={v}" for k, v in {"batch_size": 4, "checkpoint_every": 2, **training}.items()]
+    return load_recipe(path, overrides)
+
+
+def test_run_holds_one_unet_and_writes_stage_loras(tiny_pipeline_dir, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    recipe = _tiny_recipe(tmp_path)
+    run = Run(recipe, tiny_pipeline_dir, tmp_path / "run")
+    run.train()
+    base = StableDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
+    base_count = sum(p.numel() for m in (base.unet, base.vae, base.text_encoder) for p in m.parameters())
+    held = sum(p.numel() for m in (run.model.unet, run.model.vae, run.model.text_encoder) for p in m.parameters())
+    lora = sum(p.numel() for k, p in run.model.unet.named_parameters() if "lora_" in k)
+    assert held == base_count + lora and lora < 0.2 * base_count  # student, target, teacher: adapters only
+    for k in (2, 1):
+        path = tmp_path / "run" / "loras" / f"tscd-k{k}.safetensors"
+        assert inference_settings(path)["steps"] == k
+        assert (tmp_path / "run" / "samples" / f"k{k}" / "grid.png").is_file()
+    assert (tmp_path / "run" / "recipe.yaml").is_file() and (tmp_path / "run" / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize("stop_after", [2, 5])  # mid stage 1; mid stage 2 (teacher "previous", optimizer state)
+def test_a_killed_and_resumed_run_ends_with_the_same_lora(tiny_pipeline_dir, tmp_path, stop_after):
+    recipe = _tiny_recipe(tmp_path)
+    Run(recipe, tiny_pipeline_dir, tmp_path / "whole").train()
+    Run(recipe, tiny_pipeline_dir, tmp_path / "killed").train(stop_after=stop_after)
+    assert not (tmp_path / "killed" / "loras" / "tscd-k1.safetensors").exists()
+    position = __import__("json").loads((tmp_path / "killed" / "checkpoint" / "state.json").read_text())
+    assert position == {"stage": stop_after // 4, "step": 2}
+    Run(recipe, tiny_pipeline_dir, tmp_path / "killed").train(resume=True)
+    for k in (2, 1):
+        a = load_file(tmp_path / "whole" / "loras" / f"tscd-k{k}.safetensors")
+        b = load_file(tmp_path / "killed" / "loras" / f"tscd-k{k}.safetensors")
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    changed = load_file(tmp_path / "whole" / "loras" / "tscd-k1.safetensors")
+    assert any(v.abs().sum() > 0 for k, v in changed.items() if "lora_B" in k)  # it did learn
+
+
+def test_nan_loss_stops_with_a_clear_message(tiny_pipeline_dir, tmp_path, monkeypatch):
+    from hypersd.errors import UserError
+
+    recipe = _tiny_recipe(tmp_path)
+    run = Run(recipe, tiny_pipeline_dir, tmp_path / "nan")
+    original = TSCD.losses
+
+    def poisoned(self, *args):
+        parts = original(self, *args)
+        parts["loss"] = parts["loss"] * float("nan")
+        return parts
+
+    monkeypatch.setattr(TSCD, "losses", poisoned)
+    with pytest.raises(UserError, match="loss became nan at k2 step 0"):
+        run.train()
