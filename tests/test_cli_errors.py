@@ -103,3 +103,30 @@ def test_bad_pretrain_options(extra, needle, capsys, monkeypatch, tmp_path):
     code, err = run_cli(["pretrain", "--out", str(tmp_path / "m"), *extra], capsys, monkeypatch)
     assert_one_line_error(code, err, needle)
     assert not (tmp_path / "m").exists()
+
+
+def test_distill_dry_run_prints_the_resolved_recipe(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["hypersd", "distill", "--recipe", "configs/tscd.yaml", "--dry-run",
+                                      "--set", "stages.1.t_end=edge"])
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code in (0, None)
+    import yaml
+
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    assert [s["segments"] for s in resolved["stages"]] == [8, 4, 2, 1]
+    assert resolved["stages"][1]["t_end"] == "edge" and resolved["stages"][0]["t_end"] == "uniform"
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--set", "stages.0.segmnts=3"], "unknown key 'segmnts'"),
+    (["--set", "stages.0.adversarial_weight=0.5", "--set", "stages.0.iterations=1"], "adversarial distance"),
+    (["--model", "/nonexistent/model"], "model folder not found"),
+])
+def test_bad_distill_options(extra, needle, capsys, monkeypatch, tmp_path, tiny_pipeline_dir):
+    args = ["distill", "--out", str(tmp_path / "run"), "--set", "data.pool_size=8"]
+    if "--model" not in extra:
+        args += ["--model", str(tiny_pipeline_dir)]
+    code, err = run_cli(args + extra, capsys, monkeypatch)
+    assert_one_line_error(code, err, needle)
+    assert not (tmp_path / "run" / "loras").exists()

@@ -268,6 +268,38 @@ def _check_shapes_prompts(texts: list[str]) -> None:
 
 
 @app.command()
+def distill(recipe: Optional[Path] = typer.Option(None, help="YAML recipe (default: the built-in 4-stage TSCD)."),
+            model: Optional[Path] = typer.Option(None, help="Diffusers pipeline folder (default: shipped teacher)."),
+            data: Optional[str] = typer.Option(None, help="'shapes' or an image folder (overrides the recipe)."),
+            out: Path = typer.Option(Path("runs/tscd"), help="Run folder."),
+            set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a recipe key: KEY=VALUE, "
+                                                     "e.g. stages.0.iterations=100; repeatable."),
+            resume: bool = typer.Option(False, help="Continue from the run folder's latest checkpoint."),
+            device: str = typer.Option("auto", help="auto (cuda if available), cpu or cuda."),
+            dry_run: bool = typer.Option(False, help="Print the resolved recipe and exit.")):
+    """Distill a model into TSCD LoRAs, one per stage (Hyper-SD, Algorithm 1)."""
+    from hypersd.errors import require_model_folder
+    from hypersd.recipe import load_recipe
+
+    overrides = list(set_ or []) + ([f"data.source={data}"] if data else [])
+    resolved = load_recipe(recipe, overrides)
+    if dry_run:
+        typer.echo(resolved.to_yaml().rstrip())
+        return
+    require(device in ("auto", "cpu", "cuda"), f"--device must be auto, cpu or cuda, got {device!r}")
+    model = require_model_folder(model or _assets().TEACHER)
+    require_writable_dir(out)
+    if not resume and (out / "checkpoint").exists():
+        raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    from hypersd.distill.loop import Run
+
+    metrics = Run(resolved, model, out, device=device).train(resume=resume)
+    for name, stage in metrics["stages"].items():
+        typer.echo(f"{name}: {stage['lora']}")
+    typer.echo(f"run: {out}")
+
+
+@app.command()
 def demo(out: Path = typer.Option(Path("runs/demo"), help="Report folder."),
          n_prompts: int = typer.Option(600, help="Prompts of the standard set to use."),
          n_real: int = typer.Option(2000, help="Real images for the Frechet distance.")):

@@ -11,6 +11,7 @@ import torch
 
 from hypersd.distill.ema import ema_update
 from hypersd.distill.losses import mse, pseudo_huber
+from hypersd.errors import UserError
 from hypersd.recipe import Stage
 from hypersd.segments import sample_grid_pair, sample_t_end, segment_boundary
 from hypersd.solver import ddim_jump, training_grid
@@ -20,6 +21,8 @@ STUDENT, TARGET, TEACHER = "student", "target", "teacher"
 
 class TSCD:
     def __init__(self, model, stage: Stage):
+        if stage.adversarial_weight > 0:
+            raise UserError("the adversarial distance is not implemented yet; set adversarial_weight: 0")
         self.model, self.stage = model, stage
         self.grid = training_grid(model.num_train_timesteps, stage.skip)
         self.alphas_cumprod = model.alphas_cumprod.to(model.device)
