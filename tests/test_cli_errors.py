@@ -120,7 +120,7 @@ def test_distill_dry_run_prints_the_resolved_recipe(capsys, monkeypatch):
 
 @pytest.mark.parametrize("extra,needle", [
     (["--set", "stages.0.segmnts=3"], "unknown key 'segmnts'"),
-    (["--set", "stages.0.adversarial_weight=0.5", "--set", "stages.0.iterations=1"], "adversarial distance"),
+    (["--set", "stages.0.teacher=mine"], "teacher must be original or previous"),
     (["--model", "/nonexistent/model"], "model folder not found"),
 ])
 def test_bad_distill_options(extra, needle, capsys, monkeypatch, tmp_path, tiny_pipeline_dir):

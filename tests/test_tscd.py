@@ -57,13 +57,14 @@ def test_times_respect_the_segments(model):
     assert (times["t_prev"] < times["t_n"]).all() and times["w"].min() >= 3 and times["w"].max() <= 8
 
 
-def _tiny_recipe(tmp_path, **training):
+def _tiny_recipe(tmp_path, adversarial=0.0, **training):
     path = tmp_path / "recipe.yaml"
     path.write_text(
         "name: tiny\n"
         "stages:\n"
-        "  - {segments: 2, iterations: 3, learning_rate: 1.0e-3, ema_decay: 0.5}\n"
-        "  - {segments: 1, iterations: 3, learning_rate: 1.0e-3, teacher: previous, ema_decay: 0.0}\n"
+        "  - {segments: 2, iterations: 3, learning_rate: 1.0e-3, ema_decay: 0.5, huber_weight: 0.5}\n"
+        "  - {segments: 1, iterations: 3, learning_rate: 1.0e-3, teacher: previous, ema_decay: 0.0,\n"
+        f"     adversarial_weight: {adversarial}}}\n"
         "lora: {rank: 2, alpha: 2, targets: [to_q, to_k, to_v, conv1]}\n"
         "data: {pool_size: 32}\n"
         "samples: {prompts: 4}\n")
@@ -89,9 +90,10 @@ def test_run_holds_one_unet_and_writes_stage_loras(tiny_pipeline_dir, tmp_path):
     assert (tmp_path / "run" / "recipe.yaml").is_file() and (tmp_path / "run" / "metrics.json").is_file()
 
 
-@pytest.mark.parametrize("stop_after", [2, 5])  # mid stage 1; mid stage 2 (teacher "previous", optimizer state)
-def test_a_killed_and_resumed_run_ends_with_the_same_lora(tiny_pipeline_dir, tmp_path, stop_after):
-    recipe = _tiny_recipe(tmp_path)
+@pytest.mark.parametrize("stop_after,adversarial", [(2, 0.0), (5, 0.0), (5, 0.5)])
+def test_a_killed_and_resumed_run_ends_with_the_same_lora(tiny_pipeline_dir, tmp_path, stop_after, adversarial):
+    # stop 2: inside stage 1; stop 5: inside stage 2 (teacher "previous", optimizer state, discriminator)
+    recipe = _tiny_recipe(tmp_path, adversarial=adversarial)
     Run(recipe, tiny_pipeline_dir, tmp_path / "whole").train()
     Run(recipe, tiny_pipeline_dir, tmp_path / "killed").train(stop_after=stop_after)
     assert not (tmp_path / "killed" / "loras" / "tscd-k1.safetensors").exists()
@@ -123,3 +125,15 @@ def test_nan_loss_stops_with_a_clear_message(tiny_pipeline_dir, tmp_path, monkey
     monkeypatch.setattr(TSCD, "losses", poisoned)
     with pytest.raises(UserError, match="loss became nan at k2 step 0"):
         run.train()
+
+
+def test_adversarial_hybrid_trains_the_heads(model):
+    from hypersd.distill.discriminator import LatentDiscriminator
+
+    disc = LatentDiscriminator(model.unet)
+    method = TSCD(model, Stage(segments=2, mse_weight=0.5, adversarial_weight=0.5), disc)
+    parts = method.losses(*_batch(model))
+    assert {"mse", "adversarial", "d_loss", "loss"} <= parts.keys()
+    torch.testing.assert_close(parts["loss"], 0.5 * parts["mse"] + 0.5 * parts["adversarial"])
+    parts["d_loss"].backward()
+    assert all(p.grad is not None for p in disc.parameters())

@@ -97,6 +97,19 @@ class Data:
 
 
 @dataclass
+class Discriminator:
+    """Heads of the latent discriminator (used by stages with adversarial_weight > 0)."""
+
+    learning_rate: float = 1e-4
+    beta1: float = 0.0                # Adam betas (0, 0.99), as is usual for GANs
+    beta2: float = 0.99
+
+    def validate(self, where: str) -> None:
+        _require(self.learning_rate > 0 and 0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, where,
+                 "learning_rate must be > 0 and betas in [0, 1)")
+
+
+@dataclass
 class Samples:
     """What the run samples at the end of each stage (grids in the run folder)."""
 
@@ -111,6 +124,7 @@ class Recipe:
     lora: Lora = field(default_factory=Lora)
     training: Training = field(default_factory=Training)
     data: Data = field(default_factory=Data)
+    discriminator: Discriminator = field(default_factory=Discriminator)
     samples: Samples = field(default_factory=Samples)
 
     def validate(self) -> "Recipe":
@@ -120,6 +134,7 @@ class Recipe:
         self.lora.validate("lora")
         self.training.validate("training")
         self.data.validate("data")
+        self.discriminator.validate("discriminator")
         return self
 
     def to_yaml(self) -> str:

@@ -1,6 +1,7 @@
-"""Run checkpoints: adapter weights (safetensors), optimizer state, RNG state and position, written atomically.
+"""Run checkpoints: adapter and head weights (safetensors), optimizer states, RNG state and the
+run's position, written to a temporary folder and renamed into place.
 
-The optimizer state is a plain tensor dictionary saved with torch.save and read back with
+Optimizer states are plain tensor dictionaries saved with torch.save and read back with
 `weights_only=True` (no arbitrary pickled objects are ever loaded).
 """
 
@@ -18,13 +19,18 @@ def lora_state(unet) -> dict[str, torch.Tensor]:
     return {k: p.detach().cpu().contiguous() for k, p in unet.named_parameters() if "lora_" in k}
 
 
-def save_checkpoint(folder: Path, unet, optimizer, position: dict) -> None:
+def save_checkpoint(folder: Path, unet, position: dict, optimizers: dict | None = None,
+                    modules: dict | None = None) -> None:
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(lora_state(unet), tmp / "adapters.safetensors")
-    torch.save(optimizer.state_dict() if optimizer is not None else {}, tmp / "optimizer.pt")
+    for name, module in (modules or {}).items():
+        save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
+                  tmp / f"{name}.safetensors")
+    for name, optimizer in (optimizers or {}).items():
+        torch.save(optimizer.state_dict() if optimizer is not None else {}, tmp / f"optimizer-{name}.pt")
     save_file({"torch_rng": torch.get_rng_state()}, tmp / "rng.safetensors")
     (tmp / "state.json").write_text(json.dumps(position, indent=2))
     old = folder.with_name(folder.name + ".old")
@@ -40,18 +46,22 @@ def read_position(folder: Path) -> dict | None:
     return json.loads(state.read_text()) if state.is_file() else None
 
 
-def restore_checkpoint(folder: Path, unet, optimizer) -> dict:
-    """Load adapter weights, optimizer and RNG state; returns the saved position."""
+def restore_checkpoint(folder: Path, unet, optimizers: dict | None = None, modules: dict | None = None) -> dict:
+    """Load adapter weights, module weights, optimizer and RNG states; returns the saved position."""
     folder = Path(folder)
-    weights = load_file(folder / "adapters.safetensors")
     params = dict(unet.named_parameters())
     with torch.no_grad():
-        for key, value in weights.items():
+        for key, value in load_file(folder / "adapters.safetensors").items():
             if key in params:
                 params[key].copy_(value)
-    if optimizer is not None:
-        state = torch.load(folder / "optimizer.pt", weights_only=True)
-        if state:
+    for name, module in (modules or {}).items():
+        path = folder / f"{name}.safetensors"
+        if path.is_file():
+            module.load_state_dict(load_file(path))
+    for name, optimizer in (optimizers or {}).items():
+        path = folder / f"optimizer-{name}.pt"
+        state = torch.load(path, weights_only=True) if path.is_file() else {}
+        if state and optimizer is not None:
             optimizer.load_state_dict(state)
     torch.set_rng_state(load_file(folder / "rng.safetensors")["torch_rng"])
     return read_position(folder)

@@ -56,6 +56,14 @@ class Run:
         for name in (STUDENT, TARGET):
             add_lora(self.model.unet, lora.rank, lora.alpha, lora.targets, name=name)
         self.model.unet.set_adapter(STUDENT)
+        self.discriminator = self.d_optimizer = None
+        if any(stage.adversarial_weight > 0 for stage in recipe.stages):
+            from hypersd.distill.discriminator import LatentDiscriminator
+
+            d = recipe.discriminator
+            self.discriminator = LatentDiscriminator(self.model.unet).to(self.accelerator.device)
+            self.d_optimizer = torch.optim.AdamW(self.discriminator.parameters(), lr=d.learning_rate,
+                                                 betas=(d.beta1, d.beta2), weight_decay=0.0)
         self.log_file = None
 
     # ---------------------------------------------------------------- bookkeeping
@@ -110,7 +118,7 @@ class Run:
             optimizer = self.accelerator.prepare(
                 torch.optim.AdamW(self._student_parameters(), lr=stage.learning_rate, weight_decay=0.0))
             if resuming:
-                restore_checkpoint(self.out / "checkpoint", self.model.unet, optimizer)
+                restore_checkpoint(self.out / "checkpoint", self.model.unet, *self._state(optimizer))
                 position = None
             if start == 0:
                 self._start_stage(index)
@@ -126,7 +134,7 @@ class Run:
 
     def _train_stage(self, index: int, stage: Stage, pool, optimizer, start: int, budget: int | None):
         rec, acc, unet = self.recipe.training, self.accelerator, self.model.unet
-        method = TSCD(self.model, stage)
+        method = TSCD(self.model, stage, self.discriminator if stage.adversarial_weight > 0 else None)
         params = self._student_parameters()
         label = f"stage {index + 1}/{len(self.recipe.stages)} {stage_name(stage)}"
         bar = progress(range(start, stage.iterations), desc=label, initial=start, total=stage.iterations)
@@ -149,6 +157,10 @@ class Run:
                         acc.clip_grad_norm_(params, rec.max_grad_norm)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
+                    if "d_loss" in parts:  # the heads learn after the student's update
+                        self.d_optimizer.zero_grad(set_to_none=True)
+                        parts["d_loss"].backward()
+                        self.d_optimizer.step()
             method.after_step()
             ran += 1
             recent = (recent + [loss.item()])[-50:]
@@ -163,9 +175,18 @@ class Run:
                              "seconds": time.time() - tick, "steps": ran}
         return True, ran
 
+    def _state(self, optimizer) -> tuple[dict, dict]:
+        """(optimizers, modules) that a checkpoint holds besides the adapters."""
+        optimizers, modules = {"student": optimizer}, {}
+        if self.discriminator is not None:
+            optimizers["discriminator"] = self.d_optimizer
+            modules["discriminator"] = self.discriminator
+        return optimizers, modules
+
     def _checkpoint(self, optimizer, index: int, step: int) -> None:
         if self.accelerator.is_main_process:
-            save_checkpoint(self.out / "checkpoint", self.model.unet, optimizer, {"stage": index, "step": step})
+            save_checkpoint(self.out / "checkpoint", self.model.unet, {"stage": index, "step": step},
+                            *self._state(optimizer))
             self.log({"event": "checkpoint", "stage": index, "step": step})
 
     def _finish_stage(self, index: int, stage: Stage) -> dict:

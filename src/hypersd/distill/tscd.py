@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from hypersd.distill.discriminator import discriminator_loss, generator_loss
 from hypersd.distill.ema import ema_update
 from hypersd.distill.losses import mse, pseudo_huber
 from hypersd.errors import UserError
@@ -20,10 +21,10 @@ STUDENT, TARGET, TEACHER = "student", "target", "teacher"
 
 
 class TSCD:
-    def __init__(self, model, stage: Stage):
-        if stage.adversarial_weight > 0:
-            raise UserError("the adversarial distance is not implemented yet; set adversarial_weight: 0")
-        self.model, self.stage = model, stage
+    def __init__(self, model, stage: Stage, discriminator=None):
+        if stage.adversarial_weight > 0 and discriminator is None:
+            raise UserError("a stage with adversarial_weight > 0 needs a discriminator")
+        self.model, self.stage, self.discriminator = model, stage, discriminator
         self.grid = training_grid(model.num_train_timesteps, stage.skip)
         self.alphas_cumprod = model.alphas_cumprod.to(model.device)
         self.teacher_adapter = TEACHER if stage.teacher == "previous" and self._has(TEACHER) else None
@@ -75,8 +76,26 @@ class TSCD:
         if st.huber_weight > 0:
             parts["huber"] = pseudo_huber(pred, target, st.huber_c).mean()
             total = total + st.huber_weight * parts["huber"]
+        if st.adversarial_weight > 0:
+            parts.update(self.adversarial(pred, target, times["t_end"], cond))
+            total = total + st.adversarial_weight * parts["adversarial"]
         parts["loss"] = total
         return parts
+
+    def adversarial(self, pred, target, t_end, cond) -> dict[str, torch.Tensor]:
+        """Generator loss on the student's point and the heads' loss (on detached features), both at t_end.
+
+        One encoder pass with gradient (the prediction) and one without (the target) serve both
+        losses; the loop steps the heads with `d_loss` after the student's update.
+        """
+        disc, m = self.discriminator, self.model
+        fake = disc.features(m, pred, t_end, cond)
+        with torch.no_grad():
+            real = disc.features(m, target, t_end, cond)
+        g_loss = generator_loss(disc(m, None, None, cond, fake)).mean()
+        d_loss = discriminator_loss(disc(m, None, None, cond, real),
+                                    disc(m, None, None, cond, [f.detach() for f in fake])).mean()
+        return {"adversarial": g_loss, "d_loss": d_loss}
 
     def after_step(self) -> None:
         """Update the target network (Algorithm 1, last line)."""
