@@ -1,0 +1,122 @@
+"""The TSCD ablation table (the analogue of Hyper-SD's Table 3, without feedback), on the shipped teacher.
+
+Trains (or reuses finished runs of) three recipes with the same budget of teacher evaluations,
+then scores every row on the ShapesEval prompt set: ShapesEval accuracy, FD and PSNR against the
+teacher's 50-step sample, at 1, 2, 4 and 8 steps.
+
+    python bench/tscd_ablation.py                   # configs/{tscd,lcm,tcd}.yaml, 600 prompts
+    python bench/tscd_ablation.py --quick           # tiny budgets, to check the script end to end
+
+Rows: teacher DDIM at the same step counts (CFG on) and at 50 steps; LCM-style (LCM scheduler),
+TCD-style (TCD scheduler, gamma 0.3), TSCD's final LoRA (DDIM trailing) at 1/2/4/8 steps and each
+TSCD stage's LoRA at its own step count. Distilled rows sample without guidance.
+Writes bench/results/tscd_ablation.{json,md,png}; training runs go to bench/runs/ (not committed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+from hypersd.assets import EVALUATOR, TEACHER, TEACHER_GUIDANCE
+from hypersd.distill.loop import Run
+from hypersd.evaluator.evaluate import Row, evaluate, plot_metrics
+from hypersd.prompts import standard_prompts
+from hypersd.recipe import load_recipe
+from hypersd.sampling import LoraSpec, SampleSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+RUNS = ROOT / "bench" / "runs"
+STEPS = (1, 2, 4, 8)
+METHODS = {  # recipe, scheduler and eta each method's LoRA is sampled with
+    "LCM-style": ("lcm", "lcm", None),
+    "TCD-style": ("tcd", "tcd", 0.3),
+    "TSCD": ("tscd", "ddim-trailing", None),
+}
+QUICK = ["stages.0.iterations=4", "data.pool_size=256", "training.batch_size=8"]
+
+
+def train(name: str, model: Path, quick: bool) -> tuple[Path, dict]:
+    """Train configs/<name>.yaml into bench/runs/<name> unless a finished run is there."""
+    overrides = QUICK + [f"stages.{i}.iterations=4" for i in range(1, 4)] if quick else []
+    recipe = load_recipe(ROOT / "configs" / f"{name}.yaml", [o for o in overrides if _fits(o, name)])
+    out = RUNS / (name + ("-quick" if quick else ""))
+    metrics_file = out / "metrics.json"
+    if metrics_file.is_file() and len(json.loads(metrics_file.read_text())["stages"]) == len(recipe.stages):
+        return out, json.loads(metrics_file.read_text())
+    if out.exists():
+        shutil.rmtree(out)
+    start = time.time()
+    metrics = Run(recipe, model, out).train()
+    metrics["train_seconds"] = time.time() - start
+    metrics_file.write_text(json.dumps(metrics, indent=2))
+    return out, metrics
+
+
+def _fits(override: str, name: str) -> bool:
+    """Quick overrides of stages 1-3 apply to the four-stage TSCD recipe only."""
+    return name == "tscd" or not override.startswith(("stages.1", "stages.2", "stages.3"))
+
+
+def rows_for(runs: dict[str, Path]) -> list[Row]:
+    rows = [Row(f"teacher DDIM @{s}", SampleSettings(steps=s, scheduler="ddim", guidance=TEACHER_GUIDANCE))
+            for s in (*STEPS, 50)]
+    for label, (name, scheduler, eta) in METHODS.items():
+        loras = sorted((runs[name] / "loras").glob("*.safetensors"))
+        final = [p for p in loras if p.name.endswith("-k1.safetensors")][0]
+        for s in STEPS:
+            rows.append(Row(f"{label} @{s}", SampleSettings(steps=s, scheduler=scheduler, guidance=0.0, eta=eta,
+                                                            loras=[LoraSpec(final)])))
+        if name == "tscd":
+            for path in loras:
+                k = int(path.stem.split("-k")[-1])
+                if k != 1:
+                    rows.append(Row(f"TSCD stage k{k} @{k}", SampleSettings(
+                        steps=k, scheduler="ddim-trailing", guidance=0.0, loras=[LoraSpec(path)])))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=TEACHER)
+    parser.add_argument("--prompts", type=int, default=600)
+    parser.add_argument("--n-real", type=int, default=2000)
+    parser.add_argument("--quick", action="store_true", help="tiny budgets; results go to *-quick files")
+    args = parser.parse_args()
+    if args.quick:
+        args.prompts, args.n_real = min(args.prompts, 24), min(args.n_real, 100)
+    runs, train_metrics = {}, {}
+    for name in ("tscd", "lcm", "tcd"):
+        runs[name], train_metrics[name] = train(name, args.model, args.quick)
+    suffix = "-quick" if args.quick else ""
+    out = RUNS / f"ablation-eval{suffix}"
+    summary = evaluate(args.model, rows_for(runs), standard_prompts()[: args.prompts], EVALUATOR, out,
+                       n_real=args.n_real)
+    summary["training"] = train_metrics
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = RESULTS / f"tscd_ablation{suffix}"
+    stem.with_suffix(".json").write_text(json.dumps(summary, indent=2))
+    stem.with_suffix(".md").write_text(markdown(summary))
+    plot_metrics(summary, stem.with_suffix(".png"))
+    print(f"wrote {stem}.md")
+
+
+def markdown(summary: dict) -> str:
+    from hypersd.evaluator.evaluate import markdown_table
+
+    lines = ["# TSCD ablation (analogue of Hyper-SD Table 3, without feedback)", "",
+             f"Teacher `{summary['model']}`, {summary['prompts']} ShapesEval prompts, FD against "
+             f"{summary['real_images']} real renders, PSNR against the teacher's 50-step DDIM sample "
+             f"(guidance {TEACHER_GUIDANCE:g}). Distilled rows: no guidance.", "",
+             markdown_table(summary), "", "Training (same teacher-evaluation budget for every method):", ""]
+    for name, metrics in summary["training"].items():
+        lines.append(f"- {name}: {metrics.get('train_seconds', float('nan')) / 60:.1f} min")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
