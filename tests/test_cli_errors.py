@@ -130,3 +130,21 @@ def test_bad_distill_options(extra, needle, capsys, monkeypatch, tmp_path, tiny_
     code, err = run_cli(args + extra, capsys, monkeypatch)
     assert_one_line_error(code, err, needle)
     assert not (tmp_path / "run" / "loras").exists()
+
+
+def test_pickle_weights_are_refused_without_the_flag(tiny_pipeline_dir, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    from diffusers import UNet2DConditionModel
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_pipeline_dir, folder)
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
+    shutil.rmtree(folder / "unet")
+    unet.save_pretrained(folder / "unet", safe_serialization=False)  # diffusion_pytorch_model.bin
+    monkeypatch.setenv("HYPERSD_ALLOW_PICKLE", "0")  # restored (unset) after the test
+    args = ["sample", "--model", str(folder), "--prompt", "a red circle", "--steps", "1", "--out", str(tmp_path / "o")]
+    code, err = run_cli(args, capsys, monkeypatch)
+    assert_one_line_error(code, err, "pickle checkpoints are refused")
+    code, _ = run_cli(["--allow-pickle", *args], capsys, monkeypatch)
+    assert code in (0, None) and (tmp_path / "o" / "grid.png").is_file()

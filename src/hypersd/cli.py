@@ -23,6 +23,14 @@ app.add_typer(data_app, name="data")
 app.add_typer(evaluator_app, name="evaluator")
 
 
+@app.callback()
+def _global_options(allow_pickle: bool = typer.Option(
+        False, "--allow-pickle", help="Also load pickle-based weight files (.bin/.ckpt); only for files you trust.")):
+    """Hyper-SD: distill diffusion models into 1-8 step generators."""
+    if allow_pickle:
+        os.environ["HYPERSD_ALLOW_PICKLE"] = "1"
+
+
 def _assets():
     from hypersd import assets
 

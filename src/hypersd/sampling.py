@@ -7,6 +7,7 @@ own seed so results do not depend on batching. Outputs: PNGs, samples.jsonl, a l
 from __future__ import annotations
 
 import inspect
+import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -124,10 +125,16 @@ def load_pipeline(model: Path, dtype: torch.dtype = torch.float32):
     from diffusers import StableDiffusionPipeline
 
     model = require_model_folder(model)
+    allow_pickle = os.environ.get("HYPERSD_ALLOW_PICKLE") == "1"
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(model, dtype=dtype, local_files_only=True)
+        pipe = StableDiffusionPipeline.from_pretrained(model, dtype=dtype, local_files_only=True,
+                                                       use_safetensors=None if allow_pickle else True)
     except (OSError, ValueError, KeyError) as exc:
-        raise UserError(f"cannot load model folder {model}: {str(exc).splitlines()[0]}") from None
+        message = str(exc).splitlines()[0]
+        if not allow_pickle and "safetensors" in message.lower():
+            raise UserError(f"cannot load model folder {model}: no safetensors weights (pickle checkpoints "
+                            "are refused; pass --allow-pickle if you trust the files)") from None
+        raise UserError(f"cannot load model folder {model}: {message}") from None
     pipe.set_progress_bar_config(disable=True)
     pipe.hypersd_scheduler_config = dict(pipe.scheduler.config)  # every sampler is built from this
     return pipe
