@@ -24,6 +24,7 @@ from pathlib import Path
 from hypersd.assets import EVALUATOR, TEACHER, TEACHER_GUIDANCE
 from hypersd.distill.loop import Run
 from hypersd.evaluator.evaluate import Row, evaluate, plot_metrics
+from hypersd.progress import quiet_libraries
 from hypersd.prompts import standard_prompts
 from hypersd.recipe import load_recipe
 from hypersd.sampling import LoraSpec, SampleSettings
@@ -81,6 +82,7 @@ def rows_for(runs: dict[str, Path]) -> list[Row]:
 
 
 def main() -> None:
+    quiet_libraries()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=TEACHER)
     parser.add_argument("--prompts", type=int, default=600)

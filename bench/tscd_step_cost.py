@@ -24,6 +24,7 @@ from hypersd.assets import TEACHER
 from hypersd.distill.tscd import STUDENT, TARGET, TSCD
 from hypersd.lora import add_lora
 from hypersd.models.adapter import load_adapter
+from hypersd.progress import quiet_libraries
 from hypersd.recipe import Lora, Stage
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -48,6 +49,7 @@ def tscd_step(method, optimizer, x0, cond, uncond):
 
 
 def main() -> None:
+    quiet_libraries()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=TEACHER)
     parser.add_argument("--batch", type=int, default=32)

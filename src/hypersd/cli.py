@@ -328,22 +328,10 @@ def _replace_dir(tmp: Path, final: Path) -> None:
     tmp.rename(final)
 
 
-def _quiet_libraries() -> None:
-    """Our own progress bars only: silence the loaders' bars and advisory warnings."""
-    import warnings
-
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    diffusers_logging.disable_progress_bar()
-    diffusers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
-    transformers_logging.set_verbosity_error()
-    warnings.filterwarnings("ignore", category=FutureWarning)
-
-
 def main() -> None:
-    _quiet_libraries()
+    from hypersd.progress import quiet_libraries
+
+    quiet_libraries()
     try:
         app()
     except UserError as exc:

@@ -13,3 +13,17 @@ def progress(iterable=None, *, total=None, desc: str = "", disable: bool | None 
     if disable is None:
         disable = not (sys.stderr.isatty() or os.environ.get("HYPERSD_PROGRESS") == "1")
     return tqdm(iterable, total=total, desc=desc, disable=disable, dynamic_ncols=True, **kw)
+
+
+def quiet_libraries() -> None:
+    """Our own progress bars only: silence the loaders' bars and advisory warnings."""
+    import warnings
+
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning)

@@ -65,6 +65,8 @@ def score(detector, images: np.ndarray, prompts: list[str], real_feats: np.ndarr
 def evaluate(model: Path, rows: list[Row], prompts: list[str], detector_dir: Path, out: Path,
              n_real: int = 2000, seed: int = 0, log=print) -> dict:
     """Sample and score every row; the teacher reference is the base model without LoRA."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     detector = ShapesDetector.load(detector_dir)
     real_feats = features(detector, real_images(n_real))
     seeds = [seed + i for i in range(len(prompts))]
