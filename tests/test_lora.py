@@ -106,3 +106,32 @@ def test_sample_applies_the_lora_settings_unless_overridden(tiny_pipeline_dir, t
     assert (stored["scheduler"], stored["steps"], stored["eta"]) == ("tcd", 2, 0.3)
     overridden = run("--steps", "3", "--eta", "1.0")
     assert (overridden["scheduler"], overridden["steps"], overridden["eta"]) == ("tcd", 3, 1.0)
+
+
+def test_plain_diffusers_with_the_stored_settings_reproduces_the_project_sampler(tiny_pipeline_dir, tmp_path):
+    import numpy as np
+    from diffusers import DDIMScheduler
+
+    from hypersd.sampling import LoraSpec, SampleSettings, apply_loras, generate, load_pipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
+    add_lora(pipe.unet, 4, 4.0, Lora().targets)
+    _randomise(pipe.unet)
+    path = save_lora(tmp_path / "k2.safetensors", pipe.unet, "student",
+                     inference={"scheduler": "ddim-trailing", "steps": 2, "guidance": 0.0, "eta": 0.0})
+
+    ours = load_pipeline(tiny_pipeline_dir)
+    apply_loras(ours, [LoraSpec(path)])
+    settings = SampleSettings(steps=2, scheduler="ddim-trailing", guidance=0.0, loras=[LoraSpec(path)])
+    expected = generate(ours, ["a red circle", "two blue squares"], settings, seeds=[3, 4])
+
+    plain = StableDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
+    plain.load_lora_weights(str(path))
+    plain.scheduler = DDIMScheduler.from_config(plain.scheduler.config, timestep_spacing="trailing")
+    got = plain(["a red circle", "two blue squares"], num_inference_steps=2, guidance_scale=0.0, output_type="np",
+                generator=[torch.Generator().manual_seed(s) for s in (3, 4)]).images
+    got = (np.clip(got, 0, 1) * 255).round().astype(np.uint8)
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
+    base = generate(load_pipeline(tiny_pipeline_dir), ["a red circle", "two blue squares"],
+                    SampleSettings(steps=2, scheduler="ddim-trailing", guidance=0.0), seeds=[3, 4])
+    assert np.abs(base.astype(int) - expected.astype(int)).max() > 1  # the LoRA matters

@@ -137,3 +137,15 @@ def test_adversarial_hybrid_trains_the_heads(model):
     torch.testing.assert_close(parts["loss"], 0.5 * parts["mse"] + 0.5 * parts["adversarial"])
     parts["d_loss"].backward()
     assert all(p.grad is not None for p in disc.parameters())
+
+
+def test_accumulation_bf16_and_checkpointing_options_train(tiny_pipeline_dir, tmp_path):
+    import json
+
+    recipe = _tiny_recipe(tmp_path, gradient_accumulation=2, mixed_precision="bf16", gradient_checkpointing="true")
+    Run(recipe, tiny_pipeline_dir, tmp_path / "opts").train()
+    weights = load_file(tmp_path / "opts" / "loras" / "tscd-k1.safetensors")
+    assert all(torch.isfinite(v).all() for v in weights.values())
+    assert any(v.abs().sum() > 0 for k, v in weights.items() if "lora_B" in k)
+    losses = [json.loads(x)["loss"] for x in (tmp_path / "opts" / "log.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert losses and all(v == v and v < 1e3 for v in losses)
