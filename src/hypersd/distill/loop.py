@@ -38,6 +38,18 @@ def stage_inference(stage: Stage) -> dict:
             "guidance": 0.0, "eta": 0.0}
 
 
+def _forget_previous_accelerator() -> None:
+    """Let several runs with different precision settings share one process (benchmarks, tests).
+
+    accelerate keeps one process-wide AcceleratorState and refuses a second Accelerator with other
+    settings; the distributed part (PartialState) is kept, so launched multi-process runs are unaffected.
+    """
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+
+
 class Run:
     def __init__(self, recipe: Recipe, model_dir: Path, out: Path, device: str = "auto"):
         from accelerate import Accelerator
@@ -46,6 +58,7 @@ class Run:
 
         self.recipe, self.out = recipe, Path(out)
         use_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+        _forget_previous_accelerator()
         self.accelerator = Accelerator(cpu=use_cpu, mixed_precision=recipe.training.mixed_precision,
                                        gradient_accumulation_steps=recipe.training.gradient_accumulation)
         self.model = load_adapter(model_dir, device=self.accelerator.device)
