@@ -23,11 +23,12 @@ from pathlib import Path
 
 from hypersd.assets import EVALUATOR, TEACHER, TEACHER_GUIDANCE
 from hypersd.distill.loop import Run
+from hypersd.distill.rows import distilled_rows
 from hypersd.evaluator.evaluate import Row, evaluate, plot_metrics
 from hypersd.progress import quiet_libraries
 from hypersd.prompts import standard_prompts
 from hypersd.recipe import load_recipe
-from hypersd.sampling import LoraSpec, SampleSettings
+from hypersd.sampling import SampleSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -67,17 +68,7 @@ def rows_for(runs: dict[str, Path]) -> list[Row]:
     rows = [Row(f"teacher DDIM @{s}", SampleSettings(steps=s, scheduler="ddim", guidance=TEACHER_GUIDANCE))
             for s in (*STEPS, 50)]
     for label, (name, scheduler, eta) in METHODS.items():
-        loras = sorted((runs[name] / "loras").glob("*.safetensors"))
-        final = [p for p in loras if p.name.endswith("-k1.safetensors")][0]
-        for s in STEPS:
-            rows.append(Row(f"{label} @{s}", SampleSettings(steps=s, scheduler=scheduler, guidance=0.0, eta=eta,
-                                                            loras=[LoraSpec(final)])))
-        if name == "tscd":
-            for path in loras:
-                k = int(path.stem.split("-k")[-1])
-                if k != 1:
-                    rows.append(Row(f"TSCD stage k{k} @{k}", SampleSettings(
-                        steps=k, scheduler="ddim-trailing", guidance=0.0, loras=[LoraSpec(path)])))
+        rows += distilled_rows(runs[name], label, STEPS, scheduler, eta, per_stage=name == "tscd")
     return rows
 
 

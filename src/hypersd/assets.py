@@ -9,6 +9,7 @@ ASSETS = ROOT / "assets"
 TEACHER = ASSETS / "tiny-sd"
 EVALUATOR = ASSETS / "shapes-evaluator"
 STANDARD_PROMPTS = ASSETS / "prompts" / "shapes-eval-600.txt"
+DEMO_RECIPE = ROOT / "configs" / "demo-tscd.yaml"
 
 # Classifier-free guidance scale at which the shipped teacher is evaluated (its 50-step DDIM
 # reference, the teacher rows of every table, and the teacher target of distillation).

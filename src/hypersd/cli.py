@@ -310,13 +310,24 @@ def distill(recipe: Optional[Path] = typer.Option(None, help="YAML recipe (defau
 @app.command()
 def demo(out: Path = typer.Option(Path("runs/demo"), help="Report folder."),
          n_prompts: int = typer.Option(600, help="Prompts of the standard set to use."),
-         n_real: int = typer.Option(2000, help="Real images for the Frechet distance.")):
-    """The main job on the embedded default: sample the shipped teacher and write a report."""
+         n_real: int = typer.Option(2000, help="Real images for the Frechet distance."),
+         recipe: Path = typer.Option(None, help="Distillation recipe (default: configs/demo-tscd.yaml)."),
+         distill: bool = typer.Option(True, help="Distill the teacher with the recipe and add its rows."),
+         set_: Optional[list[str]] = typer.Option(None, "--set", help="Recipe override KEY=VALUE (repeatable).")):
+    """The main job on the embedded default: distill the shipped teacher with TSCD, sample teacher and
+    LoRAs at 1 to 50 steps, and write a report."""
+    from hypersd.assets import DEMO_RECIPE
+    from hypersd.recipe import load_recipe
     from hypersd.report import run_demo
 
     require(n_prompts > 0, f"--n-prompts must be positive, got {n_prompts}")
+    recipe, set_ = recipe or DEMO_RECIPE, list(set_ or [])
+    if distill:
+        require(recipe.is_file(), f"recipe not found: {recipe}")
+        load_recipe(recipe, set_)  # bad recipes fail here, before any work
     require_writable_dir(out)
-    report = run_demo(out, n_prompts=n_prompts, n_real=n_real, log=typer.echo)
+    report = run_demo(out, n_prompts=n_prompts, n_real=n_real, recipe=recipe if distill else None,
+                      recipe_overrides=set_, log=typer.echo)
     typer.echo(f"report: {report}")
 
 
