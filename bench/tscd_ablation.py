@@ -1,6 +1,6 @@
 """The TSCD ablation table (the analogue of Hyper-SD's Table 3, without feedback), on the shipped teacher.
 
-Trains (or reuses finished runs of) three recipes with the same budget of teacher evaluations,
+Trains (resumes, or reuses finished runs of) three recipes with the same budget of teacher evaluations,
 then scores every row on the ShapesEval prompt set: ShapesEval accuracy, FD and PSNR against the
 teacher's 50-step sample, at 1, 2, 4 and 8 steps.
 
@@ -18,11 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import time
 from pathlib import Path
 
 from hypersd.assets import EVALUATOR, TEACHER, TEACHER_GUIDANCE
-from hypersd.distill.loop import Run
+from hypersd.distill.checkpoint import read_position
+from hypersd.distill.loop import Run, stage_name
 from hypersd.distill.rows import distilled_rows
 from hypersd.evaluator.evaluate import Row, evaluate, plot_metrics
 from hypersd.progress import quiet_libraries
@@ -50,13 +50,19 @@ def train(name: str, model: Path, quick: bool) -> tuple[Path, dict]:
     metrics_file = out / "metrics.json"
     if metrics_file.is_file() and len(json.loads(metrics_file.read_text())["stages"]) == len(recipe.stages):
         return out, json.loads(metrics_file.read_text())
-    if out.exists():
+    resume = read_position(out / "checkpoint") is not None
+    if out.exists() and not resume:
         shutil.rmtree(out)
-    start = time.time()
-    metrics = Run(recipe, model, out).train()
-    metrics["train_seconds"] = time.time() - start
+    metrics = Run(recipe, model, out).train(resume=resume)
+    metrics["train_seconds"] = uninterrupted_seconds(metrics, recipe)
     metrics_file.write_text(json.dumps(metrics, indent=2))
     return out, metrics
+
+
+def uninterrupted_seconds(metrics: dict, recipe) -> float:
+    """Training time of the whole run; a resumed stage's rate is scaled to its full length."""
+    stages = {stage_name(stage): stage.iterations for stage in recipe.stages}
+    return sum(s["seconds"] / max(s["steps"], 1) * stages[name] for name, s in metrics["stages"].items())
 
 
 def _fits(override: str, name: str) -> bool:
