@@ -8,6 +8,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ASSETS = ROOT / "assets"
 TEACHER = ASSETS / "tiny-sd"
 EVALUATOR = ASSETS / "shapes-evaluator"
+SEGMENTER = ASSETS / "shapes-segmenter"  # perceptual model of feedback learning; not the evaluator
 STANDARD_PROMPTS = ASSETS / "prompts" / "shapes-eval-600.txt"
 DEMO_RECIPE = ROOT / "configs" / "demo-tscd.yaml"
 

@@ -19,8 +19,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Hyper-SD: distill diffusion models into 1-8 step generators.")
 data_app = typer.Typer(no_args_is_help=True, help="Datasets and prompt sets.")
 evaluator_app = typer.Typer(no_args_is_help=True, help="The ShapesEval evaluator network.")
+rewards_app = typer.Typer(no_args_is_help=True, help="Reward and perceptual models of feedback learning.")
 app.add_typer(data_app, name="data")
 app.add_typer(evaluator_app, name="evaluator")
+app.add_typer(rewards_app, name="rewards")
 
 
 @app.callback()
@@ -142,6 +144,74 @@ def evaluator_check(n: int = typer.Option(1000, "--n", help="Number of real imag
     table = accuracy_table(judge_images(ShapesDetector.load(folder), render_array(scenes),
                                         [s.caption for s in scenes]))
     typer.echo(json.dumps({k: round(v, 4) for k, v in table.items()}))
+
+
+@rewards_app.command("train-segmenter")
+def rewards_train_segmenter(out: Path = typer.Option(Path("assets/shapes-segmenter"), help="Folder to write."),
+                            steps: int = typer.Option(2000, help="Training steps."),
+                            seed: int = typer.Option(11, help="Random seed.")):
+    """Train the Shapes instance segmenter (the perceptual model of eq. 14) on rendered images."""
+    import json
+
+    from hypersd.rewards.train_segmenter import SegmenterTrainConfig, check_segmenter, train_segmenter
+
+    require(steps > 0, f"--steps must be positive, got {steps}")
+    require_writable_dir(out)
+    model = train_segmenter(SegmenterTrainConfig(seed=seed, steps=steps), out, log=lambda r: None)
+    typer.echo(json.dumps(check_segmenter(model, n=500)))
+
+
+@rewards_app.command("check-segmenter")
+def rewards_check_segmenter(segmenter: Optional[Path] = typer.Option(None, help="Segmenter folder."),
+                            n: int = typer.Option(1000, "--n", help="Number of real images.")):
+    """Instance-set accuracy and semantic mIoU of the segmenter on freshly rendered images."""
+    import json
+
+    from hypersd.rewards.segmenter import ShapesSegmenter
+    from hypersd.rewards.train_segmenter import check_segmenter
+
+    require(n > 0, f"--n must be positive, got {n}")
+    model = ShapesSegmenter.load(segmenter or _assets().SEGMENTER)
+    typer.echo(json.dumps(check_segmenter(model, n=n)))
+
+
+@rewards_app.command("score")
+def rewards_score(images: Path = typer.Argument(..., help="Image folder (PNGs + samples.jsonl)."),
+                  reward: list[str] = typer.Option(["shapes-clean"], help="Reward spec; repeatable."),
+                  size: int = typer.Option(32, help="Images are resized to SIZE x SIZE first."),
+                  batch: int = typer.Option(64, help="Images per batch.")):
+    """Mean reward of an image folder, per reward model (JSON)."""
+    import json
+
+    import torch
+
+    from hypersd.data.imagefolder import load_images, read_image_folder
+    from hypersd.rewards import load_reward
+    from hypersd.shapes.batches import to_tensor
+
+    folder = read_image_folder(images)
+    require(len(folder) > 0, f"no images in {images}")
+    require(size > 0 and batch > 0, "--size and --batch must be positive")
+    arrays, prompts = load_images(folder, size=size)
+    result = {}
+    for spec in reward:
+        model = load_reward(spec)
+        with torch.no_grad():
+            scores = torch.cat([model.score(to_tensor(arrays[i:i + batch]), prompts[i:i + batch])
+                                for i in range(0, len(prompts), batch)])
+        result[model.name] = round(scores.mean().item(), 4)
+    typer.echo(json.dumps({"images": len(prompts), **result}))
+
+
+@rewards_app.command("convert-head")
+def rewards_convert_head(source: Path = typer.Argument(..., help="Released aesthetic head (.pth)."),
+                         out: Path = typer.Option(..., "--out", help="safetensors file to write.")):
+    """Convert the LAION aesthetic head to safetensors (the .pth is a pickle: needs --allow-pickle)."""
+    from hypersd.rewards import convert_head
+
+    require_writable_dir(out.parent)
+    convert_head(source, out, allow_pickle=os.environ.get("HYPERSD_ALLOW_PICKLE") == "1")
+    typer.echo(f"wrote {out}")
 
 
 def _evaluator_dir(path: Optional[Path]) -> Path:

@@ -180,10 +180,11 @@ def sample_scene(rng: random.Random, category: str | None = None, canvas: int = 
             return Scene(caption, category, objects, _random_background(rng), canvas)
 
 
-def _draw_object(draw: ImageDraw.ImageDraw, obj: ShapeObject) -> None:
+def draw_object(draw: ImageDraw.ImageDraw, obj: ShapeObject, fill=None) -> None:
+    """Draw one object at 4x into `draw` (its colour unless `fill` is given: masks use 255)."""
     k = SUPERSAMPLE
     x0, y0, side = obj.x * k, obj.y * k, obj.side * k
-    fill = COLORS[obj.color]
+    fill = COLORS[obj.color] if fill is None else fill
     if obj.shape == "circle":
         draw.ellipse([x0, y0, x0 + side - 1, y0 + side - 1], fill=fill)
     elif obj.shape == "square":
@@ -211,7 +212,7 @@ def render(scene: Scene, size: int | None = None) -> Image.Image:
     image = Image.fromarray(np.round(pixels).astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(image)
     for obj in scene.objects:
-        _draw_object(draw, obj)
+        draw_object(draw, obj)
     return image.resize((size, size), Image.BOX)
 
 
