@@ -135,3 +135,49 @@ def test_plain_diffusers_with_the_stored_settings_reproduces_the_project_sampler
     base = generate(load_pipeline(tiny_pipeline_dir), ["a red circle", "two blue squares"],
                     SampleSettings(steps=2, scheduler="ddim-trailing", guidance=0.0), seeds=[3, 4])
     assert np.abs(base.astype(int) - expected.astype(int)).max() > 1  # the LoRA matters
+
+
+def _random_lora_file(tiny_pipeline_dir, path, rank, alpha, targets, seed):
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
+    add_lora(pipe.unet, rank, alpha, targets)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in pipe.unet.named_parameters():
+            if "lora_" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.05)
+    return save_lora(path, pipe.unet, "student", inference=SETTINGS)
+
+
+def test_merged_lora_equals_both_loras_at_the_ratio(tiny_pipeline_dir, tmp_path):
+    from hypersd.lora_merge import merge_lora_files
+
+    a = _random_lora_file(tiny_pipeline_dir, tmp_path / "a.safetensors", 4, 8.0, Lora().targets, 1)
+    b = _random_lora_file(tiny_pipeline_dir, tmp_path / "b.safetensors", 2, 1.0, ["to_q", "to_v", "conv1"], 2)
+    merged = merge_lora_files(a, b, tmp_path / "m.safetensors", ratio=0.4)
+
+    both = StableDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
+    both.load_lora_weights(str(a), adapter_name="a")
+    both.load_lora_weights(str(b), adapter_name="b")
+    both.set_adapters(["a", "b"], [1.0, 0.4])
+    one = StableDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
+    one.load_lora_weights(str(merged))
+    expected = _unet_output(both.unet)
+    torch.testing.assert_close(_unet_output(one.unet), expected, rtol=1e-4, atol=1e-5)
+    only_a = StableDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
+    only_a.load_lora_weights(str(a))
+    assert (_unet_output(only_a.unet) - expected).abs().max() > 1e-3  # b really contributes
+    assert inference_settings(merged) == SETTINGS
+    assert json.loads(read_metadata(merged)["hypersd_merge"])["ratio"] == 0.4
+
+
+def test_merge_refuses_files_that_are_not_loras(tmp_path):
+    from safetensors.torch import save_file
+
+    from hypersd.lora_merge import merge_lora_files
+
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "x.safetensors"))
+    with pytest.raises(UserError, match="no lora_adapter_metadata"):
+        merge_lora_files(tmp_path / "x.safetensors", tmp_path / "x.safetensors", tmp_path / "m.safetensors")
+    with pytest.raises(UserError, match="LoRA file not found"):
+        merge_lora_files(tmp_path / "nope.safetensors", tmp_path / "x.safetensors", tmp_path / "m.safetensors")
+    assert not (tmp_path / "m.safetensors").exists()

@@ -22,7 +22,9 @@ evaluator_app = typer.Typer(no_args_is_help=True, help="The ShapesEval evaluator
 rewards_app = typer.Typer(no_args_is_help=True, help="Reward and perceptual models of feedback learning.")
 app.add_typer(data_app, name="data")
 app.add_typer(evaluator_app, name="evaluator")
+lora_app = typer.Typer(no_args_is_help=True, help="LoRA files: merge.")
 app.add_typer(rewards_app, name="rewards")
+app.add_typer(lora_app, name="lora")
 
 
 @app.callback()
@@ -214,6 +216,20 @@ def rewards_convert_head(source: Path = typer.Argument(..., help="Released aesth
     typer.echo(f"wrote {out}")
 
 
+@lora_app.command("merge")
+def lora_merge(a: Path = typer.Argument(..., help="Base LoRA (e.g. TSCD); its inference settings are kept."),
+               b: Path = typer.Argument(..., help="LoRA to add (e.g. the feedback LoRA)."),
+               out: Path = typer.Option(..., "--out", help="Merged LoRA file to write (.safetensors)."),
+               ratio: float = typer.Option(1.0, help="Weight of B: delta W = delta W_A + RATIO * delta W_B.")):
+    """Merge two LoRAs exactly into one file (ranks add up)."""
+    from hypersd.lora_merge import merge_lora_files
+
+    require(out.suffix == ".safetensors", f"--out must end in .safetensors, got {out}")
+    require_writable_dir(out.parent)
+    merge_lora_files(a, b, out, ratio)
+    typer.echo(f"wrote {out}")
+
+
 def _evaluator_dir(path: Optional[Path]) -> Path:
     folder = path or _assets().EVALUATOR
     require((folder / "detector.safetensors").is_file(), f"evaluator not found: {folder}")
@@ -353,9 +369,12 @@ def distill(recipe: Optional[Path] = typer.Option(None, help="YAML recipe (defau
             set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a recipe key: KEY=VALUE, "
                                                      "e.g. stages.0.iterations=100; repeatable."),
             resume: bool = typer.Option(False, help="Continue from the run folder's latest checkpoint."),
+            init_lora: Optional[Path] = typer.Option(None, help="Start the student from this LoRA file "
+                                                      "(run a later phase alone, e.g. feedback on a TSCD LoRA)."),
             device: str = typer.Option("auto", help="auto (cuda if available), cpu or cuda."),
             dry_run: bool = typer.Option(False, help="Print the resolved recipe and exit.")):
-    """Distill a model into TSCD LoRAs, one per stage (Hyper-SD, Algorithm 1)."""
+    """Distill a model: TSCD stages (Hyper-SD, Algorithm 1), feedback learning and score
+    distillation, as the recipe lists them; one LoRA per stage."""
     from hypersd.errors import require_model_folder
     from hypersd.recipe import load_recipe
 
@@ -371,7 +390,7 @@ def distill(recipe: Optional[Path] = typer.Option(None, help="YAML recipe (defau
         raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     from hypersd.distill.loop import Run
 
-    metrics = Run(resolved, model, out, device=device).train(resume=resume)
+    metrics = Run(resolved, model, out, device=device, init_lora=init_lora).train(resume=resume)
     for name, stage in metrics["stages"].items():
         typer.echo(f"{name}: {stage['lora']}")
     typer.echo(f"run: {out}")

@@ -101,3 +101,38 @@ def copy_lora(src: Path, dst: Path) -> Path:
     shutil.copyfile(src, tmp)
     os.replace(tmp, dst)
     return dst
+
+
+def load_into_adapter(unet, path: Path, name: str) -> int:
+    """Copy a diffusers-format LoRA file's weights into existing adapter `name` (same targets and
+    rank; its scale alpha / r must match too). Returns the number of tensors copied."""
+    import torch
+    from safetensors.torch import load_file
+
+    metadata = read_metadata(path)  # one clear line for a missing or broken file
+    if "lora_adapter_metadata" in metadata:
+        stored = json.loads(metadata["lora_adapter_metadata"])
+        config = unet.peft_config[name]
+        if stored.get("unet.rank_pattern") or abs(stored["unet.lora_alpha"] / stored["unet.r"]
+                                                  - config.lora_alpha / config.r) > 1e-9:
+            raise UserError(f"LoRA {path}: its scale alpha/r (or per-module ranks) differ from the run's "
+                            f"lora.rank/lora.alpha; set them to the file's (r {stored['unet.r']}, "
+                            f"alpha {stored['unet.lora_alpha']})")
+    params = {k: p for k, p in unet.named_parameters() if f".{name}." in k}
+    copied = 0
+    with torch.no_grad():
+        for key, value in load_file(str(path)).items():
+            if not key.startswith("unet.") or ".lora_" not in key:
+                continue
+            target = key[len("unet."):].replace(".lora_A.weight", f".lora_A.{name}.weight").replace(
+                ".lora_B.weight", f".lora_B.{name}.weight")
+            if target not in params:
+                raise UserError(f"LoRA {path}: {key} has no place in this run's adapter (other LoRA targets?)")
+            if params[target].shape != value.shape:
+                raise UserError(f"LoRA {path}: {key} has shape {tuple(value.shape)}, the run's adapter "
+                                f"{tuple(params[target].shape)} (set lora.rank to the file's rank)")
+            params[target].copy_(value)
+            copied += 1
+    if copied == 0:
+        raise UserError(f"LoRA {path} holds no UNet LoRA weights")
+    return copied

@@ -17,9 +17,63 @@ from hypersd.errors import UserError
 
 
 @dataclass
-class Stage:
-    """One TSCD stage (Algorithm 1 with k segments)."""
+class Feedback:
+    """Human feedback learning terms (Hyper-SD section 3.2); used by feedback stages, and added to
+    score-distillation stages whose dmd.with_feedback is true."""
 
+    rewards: list[str] = field(default_factory=lambda: ["shapes-clean"])  # specs, see hypersd.rewards
+    reward_alpha: list[float] = field(default_factory=lambda: [7.0])    # hinge alpha_d per reward (eq. 13)
+    reward_weight: float = 1.0        # aesthetic loss (eq. 13)
+    perceptual_weight: float = 1.0    # instance loss of the segmenter (eq. 14); needs Shapes data
+    segmenter: str = ""               # segmenter folder ("" = the shipped assets/shapes-segmenter)
+    pretrain_weight: float = 1.0      # denoising regulariser on real data
+    t_left: int = 200                 # ReFL stop step / perceptual noise level t_a in [t_left, t_right]
+    t_right: int = 999
+    sampling_steps: int = 4           # trailing DDIM steps of the student's own sampler in ReFL
+    rank: int = 8                     # rank of the feedback LoRA (feedback stages)
+    merge_ratio: float = 1.0          # delta W = delta W_tscd + merge_ratio * delta W_feedback
+    batch_size: int = 8               # images per term and step (decoding is the costly part)
+
+    def validate(self, where: str) -> None:
+        _require(len(self.rewards) == len(self.reward_alpha), where, "rewards and reward_alpha must have equal length")
+        _require(min(self.reward_weight, self.perceptual_weight, self.pretrain_weight) >= 0, where,
+                 "feedback weights must be >= 0")
+        _require(0 <= self.t_left <= self.t_right <= 999, where, "need 0 <= t_left <= t_right <= 999")
+        _require(self.sampling_steps >= 1 and self.rank >= 1 and self.batch_size >= 1, where,
+                 "sampling_steps, rank and batch_size must be >= 1")
+
+    @property
+    def active(self) -> bool:
+        return self.reward_weight + self.perceptual_weight + self.pretrain_weight > 0
+
+
+@dataclass
+class ScoreDistillation:
+    """Distribution matching distillation (DMD; Yin et al. 2024) of Hyper-SD section 3.3."""
+
+    generator_timestep: int = 999     # timestep fed with pure noise: 999 unified LoRA, 800 one-step model
+    guidance: float = 5.0             # CFG scale of the real score (the teacher)
+    t_min: int = 20                   # the DMD loss noises the generator's sample to t ~ U[t_min, t_max]
+    t_max: int = 980
+    dmd_weight: float = 1.0
+    fake_rank: int = 16               # the fake score: a LoRA on the same frozen base
+    fake_learning_rate: float = 1e-4
+    fake_updates: int = 1             # fake-score updates per generator update (the alternating ratio)
+    with_feedback: bool = False       # add the stage's feedback terms (section 3.3: "and the feedback losses")
+
+    def validate(self, where: str) -> None:
+        _require(0 < self.generator_timestep <= 999, where, "generator_timestep must be in (0, 999]")
+        _require(0 <= self.t_min < self.t_max <= 999, where, "need 0 <= t_min < t_max <= 999")
+        _require(self.guidance >= 1 and self.dmd_weight >= 0, where, "need guidance >= 1 and dmd_weight >= 0")
+        _require(self.fake_rank >= 1 and self.fake_learning_rate > 0 and self.fake_updates >= 1, where,
+                 "fake_rank, fake_updates >= 1 and fake_learning_rate > 0")
+
+
+@dataclass
+class Stage:
+    """One training stage: TSCD (Algorithm 1 with k segments), feedback learning, or score distillation."""
+
+    method: str = "tscd"              # tscd | feedback | dmd
     segments: int = 8                 # k; the stage's LoRA samples with k trailing DDIM steps
     skip: int = 25                    # grid spacing s (N = T / s); 25 puts every edge of k = 8, 4, 2, 1 on the grid
     iterations: int = 1000
@@ -34,6 +88,8 @@ class Stage:
     guidance_min: float = 3.0         # teacher CFG scale w ~ U[guidance_min, guidance_max]
     guidance_max: float = 8.0
     offset_noise: float = 0.0         # per-channel constant added to the noise (stability)
+    feedback: Feedback = field(default_factory=Feedback)        # feedback stages, and dmd with_feedback
+    dmd: ScoreDistillation = field(default_factory=ScoreDistillation)
 
     def validate(self, where: str) -> None:
         _require(self.segments >= 1, where, "segments must be >= 1")
@@ -50,6 +106,15 @@ class Stage:
         _require(0 <= self.ema_decay < 1, where, "ema_decay must be in [0, 1)")
         _require(1 <= self.guidance_min <= self.guidance_max, where, "need 1 <= guidance_min <= guidance_max")
         _require(self.offset_noise >= 0, where, "offset_noise must be >= 0")
+        _require(self.method in ("tscd", "feedback", "dmd"), where,
+                 f"method must be tscd, feedback or dmd, got {self.method!r}")
+        self.feedback.validate(f"{where}.feedback")
+        self.dmd.validate(f"{where}.dmd")
+        _require(self.method != "feedback" or self.feedback.active, where,
+                 "a feedback stage needs a feedback weight > 0")
+
+    def uses_feedback(self) -> bool:
+        return self.method == "feedback" or (self.method == "dmd" and self.dmd.with_feedback)
 
 
 @dataclass
@@ -138,7 +203,14 @@ class Recipe:
         return self
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(asdict(self), sort_keys=False)
+        """The resolved recipe; a stage shows the feedback and dmd blocks only where it uses them."""
+        data = asdict(self)
+        for stage, entry in zip(self.stages, data["stages"]):
+            if not stage.uses_feedback():
+                entry.pop("feedback")
+            if stage.method != "dmd":
+                entry.pop("dmd")
+        return yaml.safe_dump(data, sort_keys=False)
 
 
 def _require(ok: bool, where: str, message: str) -> None:

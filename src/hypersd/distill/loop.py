@@ -21,21 +21,35 @@ import torch
 from hypersd.distill.checkpoint import read_position, restore_checkpoint, save_checkpoint
 from hypersd.distill.data import build_pool
 from hypersd.distill.ema import copy_adapter
+from hypersd.distill.dmd import FAKE, ScoreDistillationStep
+from hypersd.distill.feedback import FeedbackLearning
 from hypersd.distill.tscd import STUDENT, TARGET, TEACHER, TSCD
+
+FEEDBACK = "feedback"
 from hypersd.errors import UserError
-from hypersd.lora import add_lora, save_lora
+from hypersd.lora import add_lora, load_into_adapter, save_lora
 from hypersd.progress import progress
 from hypersd.recipe import Recipe, Stage
 
 
 def stage_name(stage: Stage) -> str:
+    if stage.method == "feedback":
+        return "feedback"
+    if stage.method == "dmd":
+        return "unified" if stage.dmd.generator_timestep == 999 else f"one-step-t{stage.dmd.generator_timestep}"
     return f"k{stage.segments}"
 
 
 def stage_inference(stage: Stage) -> dict:
-    """How a stage's LoRA samples: k trailing DDIM steps, no guidance (the model card's convention)."""
-    return {"scheduler": "ddim-trailing", "timestep_spacing": "trailing", "steps": stage.segments,
-            "guidance": 0.0, "eta": 0.0}
+    """How a stage's LoRA samples (the model card's conventions): TSCD k trailing DDIM steps; the
+    unified LoRA TCD (eta 0.3, any of 1-8 steps); a one-step model LCM at its generator timestep;
+    a feedback merge like the student it was trained on (its sampling steps). No guidance."""
+    if stage.method == "dmd" and stage.dmd.generator_timestep == 999:
+        return {"scheduler": "tcd", "timestep_spacing": "trailing", "steps": 4, "guidance": 0.0, "eta": 0.3}
+    if stage.method == "dmd":
+        return {"scheduler": "lcm", "steps": 1, "timesteps": [stage.dmd.generator_timestep], "guidance": 0.0}
+    steps = stage.feedback.sampling_steps if stage.method == "feedback" else stage.segments
+    return {"scheduler": "ddim-trailing", "timestep_spacing": "trailing", "steps": steps, "guidance": 0.0, "eta": 0.0}
 
 
 def _forget_previous_accelerator() -> None:
@@ -51,7 +65,8 @@ def _forget_previous_accelerator() -> None:
 
 
 class Run:
-    def __init__(self, recipe: Recipe, model_dir: Path, out: Path, device: str = "auto"):
+    def __init__(self, recipe: Recipe, model_dir: Path, out: Path, device: str = "auto",
+                 init_lora: Path | None = None):
         from accelerate import Accelerator
 
         from hypersd.models.adapter import load_adapter
@@ -66,8 +81,12 @@ class Run:
         if recipe.training.gradient_checkpointing:
             self.model.unet.enable_gradient_checkpointing()
         lora = recipe.lora
+        torch.manual_seed(recipe.training.seed)  # LoRA initialisation is part of the run's seed
         for name in (STUDENT, TARGET):
             add_lora(self.model.unet, lora.rank, lora.alpha, lora.targets, name=name)
+        self._add_phase_adapters()
+        if init_lora is not None:
+            load_into_adapter(self.model.unet, init_lora, STUDENT)
         self.model.unet.set_adapter(STUDENT)
         self.discriminator = self.d_optimizer = None
         if any(stage.adversarial_weight > 0 for stage in recipe.stages):
@@ -85,8 +104,45 @@ class Run:
             self.log_file.write(json.dumps(record) + "\n")
             self.log_file.flush()
 
-    def _student_parameters(self) -> list[torch.nn.Parameter]:
-        return [p for k, p in self.model.unet.named_parameters() if f".{STUDENT}." in k and "lora_" in k]
+    def _add_phase_adapters(self) -> None:
+        """The feedback LoRA and the fake score exist from the start (zero until trained), so that
+        every checkpoint has the same layout and resume can restore them."""
+        feedback = [st for st in self.recipe.stages if st.method == "feedback"]
+        if feedback:
+            add_lora(self.model.unet, feedback[0].feedback.rank, feedback[0].feedback.rank,
+                     self.recipe.lora.targets, name=FEEDBACK)
+        dmd = [st for st in self.recipe.stages if st.method == "dmd"]
+        self.fake_optimizer = None
+        if dmd:
+            add_lora(self.model.unet, dmd[0].dmd.fake_rank, dmd[0].dmd.fake_rank, self.recipe.lora.targets, name=FAKE)
+            self.fake_optimizer = torch.optim.AdamW(self._adapter_parameters(FAKE), lr=dmd[0].dmd.fake_learning_rate,
+                                                    weight_decay=0.0)
+
+    def _adapter_parameters(self, name: str) -> list[torch.nn.Parameter]:
+        return [p for k, p in self.model.unet.named_parameters() if f".{name}." in k and "lora_" in k]
+
+    def _student_parameters(self, index: int | None = None) -> list[torch.nn.Parameter]:
+        """What a stage trains: the feedback LoRA in a feedback stage, else the student LoRA."""
+        method = self.recipe.stages[index].method if index is not None else "tscd"
+        return self._adapter_parameters(FEEDBACK if method == "feedback" else STUDENT)
+
+    def _roles(self, index: int) -> tuple[list[str], list[str]]:
+        """Adapters active as (student, target) in stage `index`: a trained feedback LoRA joins both."""
+        with_feedback = any(st.method == "feedback" for st in self.recipe.stages[: index + 1])
+        extra = [FEEDBACK] if with_feedback else []
+        return [STUDENT, *extra], [TARGET, *extra]
+
+    def _set_feedback_scale(self, index: int) -> None:
+        """During its own stage the feedback LoRA counts fully; afterwards at the merge ratio."""
+        stages = self.recipe.stages
+        done = [st for st in stages[:index] if st.method == "feedback"]
+        if FEEDBACK in getattr(self.model.unet, "peft_config", {}):
+            scale = done[-1].feedback.merge_ratio if done and stages[index].method != "feedback" else 1.0
+            from peft.tuners.lora import LoraLayer
+
+            for module in self.model.unet.modules():
+                if isinstance(module, LoraLayer) and FEEDBACK in module.scaling:
+                    module.set_scale(FEEDBACK, scale)
 
     def _needs_teacher_adapter(self, index: int) -> bool:
         return index > 0 and self.recipe.stages[index].teacher == "previous"
@@ -129,12 +185,13 @@ class Run:
             if resuming and self._needs_teacher_adapter(index) and start > 0:
                 self._add_teacher_adapter()  # its weights come from the checkpoint
             optimizer = self.accelerator.prepare(
-                torch.optim.AdamW(self._student_parameters(), lr=stage.learning_rate, weight_decay=0.0))
+                torch.optim.AdamW(self._student_parameters(index), lr=stage.learning_rate, weight_decay=0.0))
             if resuming:
                 restore_checkpoint(self.out / "checkpoint", self.model.unet, *self._state(optimizer))
                 position = None
             if start == 0:
                 self._start_stage(index)
+            self._set_feedback_scale(index)
             budget = None if stop_after is None else stop_after - done_steps
             finished, ran = self._train_stage(index, stage, pool, optimizer, start, budget)
             done_steps += ran
@@ -147,8 +204,15 @@ class Run:
 
     def _train_stage(self, index: int, stage: Stage, pool, optimizer, start: int, budget: int | None):
         rec, acc, unet = self.recipe.training, self.accelerator, self.model.unet
-        method = TSCD(self.model, stage, self.discriminator if stage.adversarial_weight > 0 else None)
-        params = self._student_parameters()
+        rng = torch.get_rng_state()  # building models (rewards, segmenter) must not move the training stream
+        method = self._method(index, stage, start)
+        torch.set_rng_state(rng)
+        params = self._student_parameters(index)
+        # The student role stays the active adapter set between calls: peft only accumulates gradients
+        # into adapters that are active when backward runs. Active but frozen (the TSCD LoRA during
+        # feedback learning): their gradients are dropped after each step.
+        unet.set_adapter(self._roles(index)[0])
+        frozen = [p for p in self._adapter_parameters(STUDENT) if stage.method == "feedback"]
         label = f"stage {index + 1}/{len(self.recipe.stages)} {stage_name(stage)}"
         bar = progress(range(start, stage.iterations), desc=label, initial=start, total=stage.iterations)
         ran, recent, tick = 0, [], time.time()
@@ -160,7 +224,7 @@ class Run:
                     x0, captions = pool.draw(rec.batch_size)
                     x0 = x0.to(acc.device)
                     cond = self.model.encode_prompts(captions)
-                    parts = method.losses(x0, cond, self.model.unconditional(len(captions)))
+                    parts = method.losses(x0, cond, self.model.unconditional(len(captions)), captions)
                     loss = parts["loss"]
                     if not torch.isfinite(loss):
                         raise UserError(f"loss became {loss.item()} at {stage_name(stage)} step {step}; "
@@ -170,6 +234,8 @@ class Run:
                         acc.clip_grad_norm_(params, rec.max_grad_norm)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
+                    for p in frozen:
+                        p.grad = None
                     if "d_loss" in parts:  # the heads learn after the student's update
                         self.d_optimizer.zero_grad(set_to_none=True)
                         parts["d_loss"].backward()
@@ -188,9 +254,29 @@ class Run:
                              "seconds": time.time() - tick, "steps": ran}
         return True, ran
 
+    def _method(self, index: int, stage: Stage, start: int):
+        """The stage's losses: TSCD, feedback learning or score distillation (see their modules)."""
+        student, target = self._roles(index)
+        shapes = self.recipe.data.source == "shapes"
+        if stage.method == "feedback":
+            method = FeedbackLearning(self.model, stage, student, seed=self.recipe.data.seed + index, shapes_data=shapes)
+            method.step = start
+            return method
+        if stage.method == "dmd":
+            feedback = None
+            if stage.dmd.with_feedback:
+                feedback = FeedbackLearning(self.model, stage, student, seed=self.recipe.data.seed + index,
+                                            shapes_data=shapes)
+                feedback.step = start
+            return ScoreDistillationStep(self.model, stage, student, target, self.fake_optimizer, feedback)
+        return TSCD(self.model, stage, self.discriminator if stage.adversarial_weight > 0 else None,
+                    student=student, target=target)
+
     def _state(self, optimizer) -> tuple[dict, dict]:
         """(optimizers, modules) that a checkpoint holds besides the adapters."""
         optimizers, modules = {"student": optimizer}, {}
+        if self.fake_optimizer is not None:
+            optimizers["fake"] = self.fake_optimizer
         if self.discriminator is not None:
             optimizers["discriminator"] = self.d_optimizer
             modules["discriminator"] = self.discriminator
@@ -206,9 +292,8 @@ class Run:
         name = stage_name(stage)
         path = self.out / "loras" / f"tscd-{name}.safetensors"
         if self.accelerator.is_main_process:
-            save_lora(path, self.model.unet, STUDENT, inference=stage_inference(stage),
-                      extra={"stage": name, "recipe": self.recipe.name})
-            self._sample_grid(stage)
+            self._save_student(index, stage, path)
+            self._sample_grid(index, stage)
         # the next stage starts at step 0 of stage index + 1
         if index + 1 < len(self.recipe.stages):
             self._checkpoint(None, index + 1, 0)
@@ -216,18 +301,41 @@ class Run:
         self.log({"event": "stage_end", "stage": name, "lora": str(path), **stats})
         return {"lora": str(path), **stats}
 
+    def _save_student(self, index: int, stage: Stage, path: Path) -> None:
+        """The stage's LoRA file: the student, merged with the feedback LoRA once there is one
+        (delta W_student + merge_ratio * delta W_feedback; a feedback stage also keeps its own LoRA)."""
+        from hypersd.lora_merge import merge_lora_files
+
+        info = {"inference": stage_inference(stage), "extra": {"stage": stage_name(stage), "recipe": self.recipe.name}}
+        student, _ = self._roles(index)
+        if FEEDBACK not in student:
+            save_lora(path, self.model.unet, STUDENT, **info)
+            return
+        ratio = [st for st in self.recipe.stages[: index + 1] if st.method == "feedback"][-1].feedback.merge_ratio
+        feedback_file = path.with_name("feedback-lora.safetensors")
+        if stage.method == "feedback":
+            save_lora(feedback_file, self.model.unet, FEEDBACK, extra=info["extra"])
+        else:
+            feedback_file = self.out / "loras" / "feedback-lora.safetensors"
+        student_file = save_lora(path.with_name(path.stem + ".student.tmp.safetensors"), self.model.unet,
+                                 STUDENT, **info)
+        merge_lora_files(student_file, feedback_file, path, ratio)
+        student_file.unlink()
+
     @torch.no_grad()
-    def _sample_grid(self, stage: Stage) -> None:
+    def _sample_grid(self, index: int, stage: Stage) -> None:
         from hypersd.prompts import standard_prompts
         from hypersd.sampling import SampleSettings, generate, write_samples
 
         prompts = standard_prompts()[: self.recipe.samples.prompts]
         if not prompts:
             return
-        settings = SampleSettings(steps=stage.segments, scheduler="ddim-trailing", guidance=0.0,
+        inference = stage_inference(stage)
+        settings = SampleSettings(steps=inference["steps"], scheduler=inference["scheduler"], guidance=0.0,
+                                  eta=inference.get("eta"), timesteps=inference.get("timesteps"),
                                   seed=self.recipe.samples.seed, batch_size=64)
         state = torch.get_rng_state()  # sampling must not change the training stream
-        self.model.unet.set_adapter(STUDENT)
+        self.model.unet.set_adapter(self._roles(index)[0])
         images = generate(self.model.pipe, prompts, settings)
         torch.set_rng_state(state)
         seeds = [settings.seed + i for i in range(len(prompts))]

@@ -21,10 +21,12 @@ STUDENT, TARGET, TEACHER = "student", "target", "teacher"
 
 
 class TSCD:
-    def __init__(self, model, stage: Stage, discriminator=None):
+    def __init__(self, model, stage: Stage, discriminator=None, student=STUDENT, target=TARGET):
+        """`student`, `target`: the adapter(s) active in each role (lists once a feedback LoRA joins both)."""
         if stage.adversarial_weight > 0 and discriminator is None:
             raise UserError("a stage with adversarial_weight > 0 needs a discriminator")
         self.model, self.stage, self.discriminator = model, stage, discriminator
+        self.student, self.target_adapters = student, target
         self.grid = training_grid(model.num_train_timesteps, stage.skip)
         self.alphas_cumprod = model.alphas_cumprod.to(model.device)
         self.teacher_adapter = TEACHER if stage.teacher == "previous" and self._has(TEACHER) else None
@@ -55,17 +57,17 @@ class TSCD:
         with m.adapter(self.teacher_adapter):
             eps_teacher = m.guided_eps(x_tn, times["t_n"], cond, uncond, times["w"])
         x_prev = ddim_jump(x_tn, eps_teacher, times["t_n"], times["t_prev"], ac)
-        with m.adapter(TARGET):
+        with m.adapter(self.target_adapters):
             eps_target = m.eps(x_prev, times["t_prev"], cond)
         return ddim_jump(x_prev, eps_target, times["t_prev"], times["t_end"], ac)
 
     def prediction(self, x_tn, times, cond) -> torch.Tensor:
         """Psi(x_{t_n}, f_student(x_{t_n}, t_n), t_end); the student is called unguided."""
-        with self.model.adapter(STUDENT):
+        with self.model.adapter(self.student):
             eps = self.model.eps(x_tn, times["t_n"], cond)
         return ddim_jump(x_tn, eps, times["t_n"], times["t_end"], self.alphas_cumprod)
 
-    def losses(self, x0: torch.Tensor, cond, uncond) -> dict[str, torch.Tensor]:
+    def losses(self, x0: torch.Tensor, cond, uncond, captions=None) -> dict[str, torch.Tensor]:
         st = self.stage
         times = self.sample_times(x0.shape[0], x0.device)
         x_tn = self.model.add_noise(x0, self._noise(x0), times["t_n"])

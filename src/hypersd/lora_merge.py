@@ -1,0 +1,106 @@
+"""Merge two LoRA files into one, exactly: delta W = delta W_a + ratio * delta W_b.
+
+Hyper-SD trains human feedback as a separate LoRA with the TSCD LoRA loaded, then merges the two
+at a chosen ratio (section 3.2). Two low-rank products add up to one of rank r_a + r_b: stack the
+down matrices (lora_A) and put the up matrices (lora_B), each multiplied by its own scale
+alpha / r (and by the ratio), side by side; the merged file has alpha = rank, so scale 1. Conv
+LoRAs stack the same way (down: output channels; up: its 1x1 input channels). A module that only
+one file adapts gets zero rows in the other's part.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from hypersd.errors import UserError
+from hypersd.lora import INFERENCE_KEY, read_metadata
+
+CONFIG_KEY = "lora_adapter_metadata"
+
+
+def read_lora(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors and safetensors metadata of a diffusers-format (peft-keyed) LoRA file."""
+    from safetensors.torch import load_file
+
+    metadata = read_metadata(path)
+    if CONFIG_KEY not in metadata:
+        raise UserError(f"LoRA {path} has no {CONFIG_KEY} metadata (not written by diffusers/hypersd)")
+    tensors = load_file(str(path))
+    if not any(key.endswith(".lora_A.weight") for key in tensors):
+        raise UserError(f"LoRA {path} has no lora_A/lora_B tensors")
+    return tensors, metadata
+
+
+def module_scales(tensors: dict, metadata: dict) -> dict[str, float]:
+    """alpha / r for every adapted module (rank_pattern and alpha_pattern respected)."""
+    config = json.loads(metadata[CONFIG_KEY])
+    r, alpha = config["unet.r"], config["unet.lora_alpha"]
+    rank_pattern, alpha_pattern = config.get("unet.rank_pattern") or {}, config.get("unet.alpha_pattern") or {}
+    scales = {}
+    for key in tensors:
+        if key.endswith(".lora_A.weight"):
+            module = key[: -len(".lora_A.weight")]
+            short = module.removeprefix("unet.")
+            rank = next((v for k, v in rank_pattern.items() if short.endswith(k)), r)
+            a = next((v for k, v in alpha_pattern.items() if short.endswith(k)), alpha)
+            scales[module] = a / rank
+    return scales
+
+
+def _zeros_like_rank(tensor: torch.Tensor, rank: int, dim: int) -> torch.Tensor:
+    shape = list(tensor.shape)
+    shape[dim] = rank
+    return torch.zeros(shape, dtype=tensor.dtype)
+
+
+def merge_lora_files(a: Path, b: Path, out: Path, ratio: float = 1.0) -> Path:
+    """Write the exact merge of LoRA files a and b (b weighted by `ratio`) to `out`."""
+    from safetensors.torch import save_file
+
+    ta, ma = read_lora(a)
+    tb, mb = read_lora(b)
+    sa, sb = module_scales(ta, ma), module_scales(tb, mb)
+    ra = {m: ta[f"{m}.lora_A.weight"].shape[0] for m in sa}
+    rb = {m: tb[f"{m}.lora_A.weight"].shape[0] for m in sb}
+    merged, ranks = {}, set()
+    for module in sorted(set(sa) | set(sb)):
+        ref = ta if module in sa else tb
+        down_ref, up_ref = ref[f"{module}.lora_A.weight"], ref[f"{module}.lora_B.weight"]
+        downs, ups = [], []
+        for tensors, scales, rank, weight in ((ta, sa, ra, 1.0), (tb, sb, rb, ratio)):
+            if module in scales:
+                downs.append(tensors[f"{module}.lora_A.weight"].float())
+                ups.append(tensors[f"{module}.lora_B.weight"].float() * (scales[module] * weight))
+            else:  # this file does not adapt the module: zero rows of the other file's rank
+                other = (ra if rank is rb else rb)[module]
+                downs.append(_zeros_like_rank(down_ref.float(), other, 0))
+                ups.append(_zeros_like_rank(up_ref.float(), other, 1))
+        merged[f"{module}.lora_A.weight"] = torch.cat(downs, 0).contiguous()
+        merged[f"{module}.lora_B.weight"] = torch.cat(ups, 1).contiguous()
+        ranks.add(merged[f"{module}.lora_A.weight"].shape[0])
+    config = json.loads(ma[CONFIG_KEY])
+    rank = max(ranks)
+    config["unet.r"], config["unet.lora_alpha"] = rank, float(rank)
+    config["unet.rank_pattern"] = {k: v for k, v in _rank_pattern(merged).items() if v != rank}
+    config["unet.alpha_pattern"] = dict(config["unet.rank_pattern"])  # alpha = rank everywhere: scale 1
+    targets = set(config.get("unet.target_modules") or []) | set(json.loads(mb[CONFIG_KEY]).get("unet.target_modules") or [])
+    config["unet.target_modules"] = sorted(targets)
+    metadata = {CONFIG_KEY: json.dumps(config, indent=2), "format": "pt",
+                "hypersd_merge": json.dumps({"a": str(a), "b": str(b), "ratio": ratio})}
+    inference = ma.get(INFERENCE_KEY) or mb.get(INFERENCE_KEY)  # the base LoRA (a) decides how it samples
+    if inference:
+        metadata[INFERENCE_KEY] = inference
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    save_file(merged, str(tmp), metadata=metadata)
+    tmp.replace(out)
+    return out
+
+
+def _rank_pattern(merged: dict[str, torch.Tensor]) -> dict[str, int]:
+    return {key[len("unet."): -len(".lora_A.weight")]: t.shape[0]
+            for key, t in merged.items() if key.endswith(".lora_A.weight")}

@@ -1,0 +1,148 @@
+"""Feedback learning (ReFL, perceptual, regulariser), score distillation (DMD) and the full
+TSCD -> feedback -> DMD run on a tiny model: maths, frozen/trainable adapters, files, resume."""
+
+import json
+
+import pytest
+import torch
+from diffusers import DDIMScheduler
+from safetensors.torch import load_file
+
+from hypersd.distill.dmd import dmd_gradient, dmd_loss
+from hypersd.distill.feedback import aesthetic_loss, refl_stop_index, trailing_timesteps
+from hypersd.distill.loop import Run
+from hypersd.errors import UserError
+from hypersd.lora import inference_settings, read_metadata
+from hypersd.recipe import load_recipe
+from hypersd.rewards.base import RewardModel
+from hypersd.rewards.segmenter import SegmenterConfig, ShapesSegmenter
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 8])
+def test_trailing_timesteps_match_diffusers(steps):
+    scheduler = DDIMScheduler(num_train_timesteps=1000, timestep_spacing="trailing")
+    scheduler.set_timesteps(steps)
+    assert trailing_timesteps(steps) == scheduler.timesteps.tolist()
+
+
+def test_refl_stop_index_stays_in_the_window():
+    ts = trailing_timesteps(4)  # 999, 749, 499, 249
+    seen = {refl_stop_index(ts, 300, 800) for _ in range(200)}
+    assert seen == {1, 2}
+    assert refl_stop_index(ts, 100, 200) == 3  # no step inside: the nearest one
+
+
+def test_dmd_loss_gradient_is_the_normalised_score_difference():
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 8, 8, requires_grad=True)
+    real, fake = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    grad = dmd_gradient(x.detach(), real, fake)
+    dmd_loss(x, grad).backward()
+    torch.testing.assert_close(x.grad, grad / x.numel())
+    scale = (x.detach() - real).abs().mean((1, 2, 3), keepdim=True)
+    torch.testing.assert_close(grad * scale, fake - real)
+    assert dmd_gradient(x.detach(), real, real).abs().max() == 0  # fake = real: nothing to learn
+
+
+class _Constant(RewardModel):
+    name = "constant"
+
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+
+    def score(self, images, prompts):
+        return images.mean((1, 2, 3)) * 0 + self.value
+
+
+def test_aesthetic_hinge_stops_pushing_above_alpha():
+    images = torch.zeros(2, 3, 8, 8, requires_grad=True)
+    low, _ = aesthetic_loss(images, ["", ""], [_Constant(3.0)], [5.0])
+    high, scores = aesthetic_loss(images, ["", ""], [_Constant(6.0)], [5.0])
+    assert low.item() == pytest.approx(2.0) and high.item() == 0.0 and scores["constant"] == 6.0
+
+
+@pytest.fixture(scope="module")
+def segmenter_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("segmenter")
+    ShapesSegmenter(SegmenterConfig(width=8)).save(folder)
+    return folder
+
+
+def _recipe(tmp_path, segmenter_dir, stages, lora="{rank: 2, alpha: 2, targets: [to_q, to_v, conv1]}"):
+    feedback = ("{rewards: [shapes-clean], reward_alpha: [9.0], perceptual_weight: 1.0, pretrain_weight: 0.5, "
+                f"segmenter: '{segmenter_dir}', sampling_steps: 2, rank: 2, merge_ratio: 0.5, batch_size: 2}}")
+    lines = {
+        "tscd": "  - {segments: 2, iterations: 2, learning_rate: 1.0e-3}",
+        "feedback": f"  - {{method: feedback, iterations: 3, learning_rate: 1.0e-3, feedback: {feedback}}}",
+        "dmd": ("  - {method: dmd, segments: 1, iterations: 3, learning_rate: 1.0e-3, feedback: " + feedback
+                + ", dmd: {with_feedback: true, fake_rank: 2, fake_updates: 2}}"),
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text("name: tiny-hyper\nstages:\n" + "\n".join(lines[s] for s in stages) + "\n"
+                    f"lora: {lora}\ndata: {{pool_size: 16}}\nsamples: {{prompts: 2}}\n")
+    return load_recipe(path, ["training.batch_size=2", "training.checkpoint_every=1"])
+
+
+def _adapter(run, name):
+    return {k: p.detach().clone() for k, p in run.model.unet.named_parameters() if f".{name}." in k}
+
+
+def test_feedback_stage_trains_only_the_feedback_lora(tiny_pipeline_dir, segmenter_dir, tmp_path):
+    run = Run(_recipe(tmp_path, segmenter_dir, ["tscd", "feedback"]), tiny_pipeline_dir, tmp_path / "run")
+    metrics = run.train()
+    out = tmp_path / "run" / "loras"
+    after_tscd = load_file(out / "tscd-k2.safetensors")
+    student = _adapter(run, "student")
+    for key, value in after_tscd.items():  # the TSCD LoRA did not move in the feedback stage
+        name = key[len("unet."):].replace(".lora_A.weight", ".lora_A.student.weight").replace(
+            ".lora_B.weight", ".lora_B.student.weight")
+        torch.testing.assert_close(student[name], value, rtol=0, atol=0)
+    assert any(v.abs().sum() > 0 for k, v in _adapter(run, "feedback").items() if "lora_B" in k)
+    merged = load_file(out / "tscd-feedback.safetensors")
+    assert merged["unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight"].shape[0] == 4
+    assert json.loads(read_metadata(out / "tscd-feedback.safetensors")["hypersd_merge"])["ratio"] == 0.5
+    assert inference_settings(out / "tscd-feedback.safetensors")["steps"] == 2
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    fb = [r for r in log if r.get("stage") == "feedback" and "loss" in r]
+    assert fb and all(k in fb[0] for k in ("aesthetic", "perceptual", "pretrain", "reward/shapes-clean"))
+    assert "feedback" in metrics["stages"]
+
+
+def test_full_recipe_writes_a_unified_tcd_lora_and_resumes_exactly(tiny_pipeline_dir, segmenter_dir, tmp_path):
+    recipe = _recipe(tmp_path, segmenter_dir, ["tscd", "feedback", "dmd"])
+    Run(recipe, tiny_pipeline_dir, tmp_path / "whole").train()
+    unified = tmp_path / "whole" / "loras" / "tscd-unified.safetensors"
+    settings = inference_settings(unified)
+    assert settings["scheduler"] == "tcd" and settings["eta"] == 0.3
+    assert (tmp_path / "whole" / "samples" / "unified" / "grid.png").is_file()
+    Run(recipe, tiny_pipeline_dir, tmp_path / "killed").train(stop_after=6)  # inside the DMD stage
+    assert json.loads((tmp_path / "killed" / "checkpoint" / "state.json").read_text()) == {"stage": 2, "step": 1}
+    Run(recipe, tiny_pipeline_dir, tmp_path / "killed").train(resume=True)
+    a, b = load_file(unified), load_file(tmp_path / "killed" / "loras" / "tscd-unified.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+def test_a_phase_runs_alone_from_a_given_lora(tiny_pipeline_dir, segmenter_dir, tmp_path):
+    first = Run(_recipe(tmp_path, segmenter_dir, ["tscd"]), tiny_pipeline_dir, tmp_path / "a")
+    first.train()
+    given = tmp_path / "a" / "loras" / "tscd-k2.safetensors"
+    run = Run(_recipe(tmp_path, segmenter_dir, ["feedback"]), tiny_pipeline_dir, tmp_path / "b", init_lora=given)
+    before = _adapter(run, "student")
+    assert any(v.abs().sum() > 0 for k, v in before.items() if "lora_B" in k)  # loaded, not fresh
+    run.train()
+    assert (tmp_path / "b" / "loras" / "tscd-feedback.safetensors").is_file()
+    with pytest.raises(UserError, match="set lora.rank to the file's rank|alpha/r"):
+        Run(_recipe(tmp_path, segmenter_dir, ["feedback"], lora="{rank: 4, alpha: 4, targets: [to_q, to_v, conv1]}"),
+            tiny_pipeline_dir, tmp_path / "c", init_lora=given)
+
+
+def test_perceptual_loss_needs_shapes_data(tiny_pipeline_dir, segmenter_dir, tmp_path):
+    recipe = _recipe(tmp_path, segmenter_dir, ["feedback"])
+    recipe.data.source = str(tmp_path / "folder")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(UserError):
+        Run(recipe, tiny_pipeline_dir, tmp_path / "run").train()
