@@ -181,4 +181,74 @@ def test_cli_scores_an_image_folder(tmp_path, capsys, monkeypatch):
     result = json.loads(out.strip().splitlines()[-1])
     assert result["images"] == 12 and 6.0 < result["shapes-clean"] <= 10.0
     code, _, err = _cli(["rewards", "score", str(tmp_path / "real"), "--reward", "nope"], capsys, monkeypatch)
-    assert code == 2 and err.strip() == "error: unknown reward 'nope'; choose one of shapes-clean, laion-aesthetic"
+    assert code == 2 and err.strip() == "error: unknown reward 'nope'; choose one of shapes-clean, laion-aesthetic, image-reward"
+
+
+def _blip_name(key):
+    """This module's key -> the released checkpoint's BLIP naming (the inverse of the converter)."""
+    import re
+
+    rules = [(r"^vision\.embeddings\.class_embedding$", "blip.visual_encoder.cls_token"),
+             (r"^vision\.embeddings\.position_embedding$", "blip.visual_encoder.pos_embed"),
+             (r"^vision\.embeddings\.patch_embedding\.", "blip.visual_encoder.patch_embed.proj."),
+             (r"^vision\.encoder\.layers\.(\d+)\.layer_norm1\.", r"blip.visual_encoder.blocks.\1.norm1."),
+             (r"^vision\.encoder\.layers\.(\d+)\.layer_norm2\.", r"blip.visual_encoder.blocks.\1.norm2."),
+             (r"^vision\.encoder\.layers\.(\d+)\.self_attn\.qkv\.", r"blip.visual_encoder.blocks.\1.attn.qkv."),
+             (r"^vision\.encoder\.layers\.(\d+)\.self_attn\.projection\.", r"blip.visual_encoder.blocks.\1.attn.proj."),
+             (r"^vision\.encoder\.layers\.(\d+)\.mlp\.", r"blip.visual_encoder.blocks.\1.mlp."),
+             (r"^vision\.post_layernorm\.", "blip.visual_encoder.norm."),
+             (r"^text\.", "blip.text_encoder."), (r"^head\.", "mlp.")]
+    for pattern, repl in rules:
+        if re.search(pattern, key):
+            return re.sub(pattern, repl, key)
+    raise AssertionError(key)
+
+
+@pytest.fixture(scope="module")
+def tiny_image_reward_release(tmp_path_factory):
+    from transformers import BertTokenizer
+
+    from hypersd.rewards.image_reward import ImageRewardNet, _config_from_shapes
+
+    root = tmp_path_factory.mktemp("image-reward")
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "blue", "circle", "square", "and"]
+    (root / "bert").mkdir()
+    (root / "bert" / "vocab.txt").write_text("\n".join(words) + "\n")
+    BertTokenizer(str(root / "bert" / "vocab.txt")).save_pretrained(root / "bert")
+    torch.manual_seed(0)
+    net = ImageRewardNet({"vision": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                                     "num_attention_heads": 1, "patch_size": 8, "image_size": 32, "layer_norm_eps": 1e-6},
+                          "text": {"vocab_size": len(words) + 2, "hidden_size": 64, "encoder_hidden_size": 64,
+                                   "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 1,
+                                   "max_position_embeddings": 40, "layer_norm_eps": 1e-12}})
+    release = {_blip_name(k): v for k, v in net.state_dict().items()}
+    release["blip.text_encoder.embeddings.position_ids"] = torch.arange(40)[None]
+    torch.save(release, root / "ImageReward.pt")
+    assert _config_from_shapes(net.state_dict())["vision"]["image_size"] == 32
+    return root, net
+
+
+def test_image_reward_converts_the_release_and_scores_with_gradients(tiny_image_reward_release, tmp_path):
+    from hypersd.rewards.image_reward import convert_release
+
+    root, net = tiny_image_reward_release
+    with pytest.raises(UserError, match="pickle file"):
+        convert_release(root / "ImageReward.pt", root / "bert", tmp_path / "ir", allow_pickle=False)
+    assert not (tmp_path / "ir").exists()
+    convert_release(root / "ImageReward.pt", root / "bert", tmp_path / "ir", allow_pickle=True)
+    reward = load_reward(f"image-reward:{tmp_path / 'ir'}")
+    images = (torch.rand(2, 3, 32, 32) * 2 - 1).requires_grad_(True)
+    scores = reward.score(images, ["a red circle", "a blue square and a red circle"])
+    assert scores.shape == (2,) and torch.isfinite(scores).all() and scores[0] != scores[1]
+    scores.sum().backward()
+    assert images.grad.abs().sum() > 0
+    # the same numbers as the network built directly, fed the same tokens (conversion is exact)
+    tokens = reward.tokenizer(["a red circle"], padding="max_length", truncation=True, max_length=35,
+                              return_tensors="pt")
+    from hypersd.rewards.laion_aesthetic import clip_preprocess
+
+    net.eval()
+    direct = net(clip_preprocess(images[:1].detach(), 32), tokens.input_ids, tokens.attention_mask)
+    torch.testing.assert_close(direct, scores[:1].detach())
+    with pytest.raises(UserError, match="ImageReward folder incomplete"):
+        load_reward(f"image-reward:{tmp_path / 'nope'}")

@@ -216,6 +216,18 @@ def rewards_convert_head(source: Path = typer.Argument(..., help="Released aesth
     typer.echo(f"wrote {out}")
 
 
+@rewards_app.command("convert-image-reward")
+def rewards_convert_image_reward(source: Path = typer.Argument(..., help="Released ImageReward.pt (pickle)."),
+                                 tokenizer: Path = typer.Option(..., help="BERT tokenizer folder (bert-base-uncased)."),
+                                 out: Path = typer.Option(..., "--out", help="Folder to write.")):
+    """Convert the released ImageReward checkpoint into a folder `image-reward:FOLDER` loads."""
+    from hypersd.rewards.image_reward import convert_release
+
+    require_writable_dir(out.parent)
+    convert_release(source, tokenizer, out, allow_pickle=os.environ.get("HYPERSD_ALLOW_PICKLE") == "1")
+    typer.echo(f"wrote {out}")
+
+
 @lora_app.command("merge")
 def lora_merge(a: Path = typer.Argument(..., help="Base LoRA (e.g. TSCD); its inference settings are kept."),
                b: Path = typer.Argument(..., help="LoRA to add (e.g. the feedback LoRA)."),

@@ -117,6 +117,10 @@ class Stage:
         return self.method == "feedback" or (self.method == "dmd" and self.dmd.with_feedback)
 
 
+TSCD_ONLY_KEYS = ("segments", "skip", "mse_weight", "huber_weight", "huber_c", "adversarial_weight", "t_end",
+                  "teacher", "ema_decay", "guidance_min", "guidance_max", "offset_noise")
+
+
 @dataclass
 class Lora:
     """The student adapter, shared by all stages (each stage starts from the previous one's LoRA)."""
@@ -210,6 +214,9 @@ class Recipe:
                 entry.pop("feedback")
             if stage.method != "dmd":
                 entry.pop("dmd")
+            if stage.method == "feedback":  # the TSCD keys play no part in a feedback stage
+                for key in TSCD_ONLY_KEYS:
+                    entry.pop(key)
         return yaml.safe_dump(data, sort_keys=False)
 
 

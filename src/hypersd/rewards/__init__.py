@@ -3,6 +3,7 @@
     shapes-clean                             the Shapes clean-image reward (no weights)
     laion-aesthetic:CLIP_FOLDER,HEAD.safetensors
                                              the LAION aesthetic predictor from local files
+    image-reward:FOLDER                      ImageReward (folder from `hypersd rewards convert-image-reward`)
 
 The Shapes instance segmenter (the perceptual model of eq. 14) is not a score of (image, prompt)
 but a loss against ground-truth instances: see `hypersd.rewards.segmenter`.
@@ -15,7 +16,7 @@ from pathlib import Path
 from hypersd.errors import UserError
 from hypersd.rewards.base import RewardModel
 
-REWARD_KINDS = ("shapes-clean", "laion-aesthetic")
+REWARD_KINDS = ("shapes-clean", "laion-aesthetic", "image-reward")
 
 
 def load_reward(spec: str) -> RewardModel:
@@ -32,6 +33,12 @@ def load_reward(spec: str) -> RewardModel:
         if len(parts) != 2:
             raise UserError(f"laion-aesthetic needs CLIP_FOLDER,HEAD.safetensors, got {spec!r}")
         return LaionAestheticReward(Path(parts[0]), Path(parts[1]))
+    if kind == "image-reward":
+        from hypersd.rewards.image_reward import ImageReward
+
+        if not args:
+            raise UserError("image-reward needs its folder: image-reward:FOLDER")
+        return ImageReward(Path(args))
     raise UserError(f"unknown reward {kind!r}; choose one of {', '.join(REWARD_KINDS)}")
 
 
