@@ -35,18 +35,25 @@ def read_lora(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def module_scales(tensors: dict, metadata: dict) -> dict[str, float]:
-    """alpha / r for every adapted module (rank_pattern and alpha_pattern respected)."""
+    """alpha / r for every adapted module: r from the tensor's shape, alpha from alpha_pattern
+    (peft's own pattern matching) or lora_alpha."""
+    from peft.utils.other import get_pattern_key
+
     config = json.loads(metadata[CONFIG_KEY])
-    r, alpha = config["unet.r"], config["unet.lora_alpha"]
-    rank_pattern, alpha_pattern = config.get("unet.rank_pattern") or {}, config.get("unet.alpha_pattern") or {}
+    for flag in ("unet.use_rslora", "unet.use_dora"):
+        if config.get(flag):
+            raise UserError(f"cannot merge LoRAs with {flag.split('.')[-1]} (only plain LoRA scaling is supported)")
+    alpha, alpha_pattern = config["unet.lora_alpha"], config.get("unet.alpha_pattern") or {}
     scales = {}
-    for key in tensors:
-        if key.endswith(".lora_A.weight"):
-            module = key[: -len(".lora_A.weight")]
-            short = module.removeprefix("unet.")
-            rank = next((v for k, v in rank_pattern.items() if short.endswith(k)), r)
-            a = next((v for k, v in alpha_pattern.items() if short.endswith(k)), alpha)
-            scales[module] = a / rank
+    for key, tensor in tensors.items():
+        if not key.endswith(".lora_A.weight"):
+            continue
+        if not key.startswith("unet."):
+            raise UserError(f"cannot merge {key}: only UNet LoRAs are supported")
+        module = key[: -len(".lora_A.weight")]
+        short = module[len("unet."):]
+        a = alpha_pattern.get(get_pattern_key(list(alpha_pattern), short), alpha)
+        scales[module] = a / tensor.shape[0]
     return scales
 
 
@@ -88,6 +95,7 @@ def merge_lora_files(a: Path, b: Path, out: Path, ratio: float = 1.0) -> Path:
     config["unet.alpha_pattern"] = dict(config["unet.rank_pattern"])  # alpha = rank everywhere: scale 1
     targets = set(config.get("unet.target_modules") or []) | set(json.loads(mb[CONFIG_KEY]).get("unet.target_modules") or [])
     config["unet.target_modules"] = sorted(targets)
+    config["unet.use_rslora"], config["unet.use_dora"] = False, False
     metadata = {CONFIG_KEY: json.dumps(config, indent=2), "format": "pt",
                 "hypersd_merge": json.dumps({"a": str(a), "b": str(b), "ratio": ratio})}
     inference = ma.get(INFERENCE_KEY) or mb.get(INFERENCE_KEY)  # the base LoRA (a) decides how it samples

@@ -27,7 +27,8 @@ class Feedback:
     perceptual_weight: float = 1.0    # instance loss of the segmenter (eq. 14); needs Shapes data
     segmenter: str = ""               # segmenter folder ("" = the shipped assets/shapes-segmenter)
     pretrain_weight: float = 1.0      # denoising regulariser on real data
-    t_left: int = 200                 # ReFL stop step / perceptual noise level t_a in [t_left, t_right]
+    t_left: int = 200                 # ReFL stops at a sampler step with t in [t_left, t_right] (999 included:
+                                      # one-step quality; the ReFL paper stops late); also the range of t_a
     t_right: int = 999
     sampling_steps: int = 4           # trailing DDIM steps of the student's own sampler in ReFL
     rank: int = 8                     # rank of the feedback LoRA (feedback stages)
@@ -204,6 +205,9 @@ class Recipe:
         self.training.validate("training")
         self.data.validate("data")
         self.discriminator.validate("discriminator")
+        _require(not (self.training.mixed_precision == "fp16" and any(s.method == "dmd" for s in self.stages)),
+                 "training", "dmd stages need mixed_precision no or bf16 (the fake score's update has no fp16 "
+                 "loss scaling)")
         return self
 
     def to_yaml(self) -> str:

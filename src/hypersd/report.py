@@ -45,7 +45,9 @@ def distill_lines(distill: dict | None) -> list[str]:
     return [f"Distilled rows: TSCD LoRAs trained by this demo with `{Path(distill['recipe']).name}` in "
             f"{distill['seconds'] / 60:.1f} min (run folder [`{distill['run']}/`]({distill['run']}/): "
             "resolved recipe, log, per-stage LoRAs and grids); sampled with DDIM trailing, no guidance. "
-            "`TSCD @n` is the final (k = 1) LoRA at n steps; `TSCD stage kK @K` is stage K's LoRA at K steps.", ""]
+            "`TSCD @n` is the final (k = 1) TSCD LoRA at n steps; `TSCD stage kK @K` is stage K's LoRA at K steps; "
+            "`Hyper-SD unified @n` (when the recipe runs feedback and score distillation) is the unified LoRA "
+            "with the TCD scheduler, eta 0.3.", ""]
 
 
 def write_report_md(out: Path, summary: dict, seconds: float) -> Path:
@@ -80,7 +82,9 @@ def distill_for_demo(recipe_file: Path, model: Path, out: Path, overrides=(), lo
     from hypersd.recipe import load_recipe
 
     recipe = load_recipe(recipe_file, list(overrides))
-    log(f"distilling: {recipe_file.name}, stages k = {', '.join(str(s.segments) for s in recipe.stages)}")
+    from hypersd.distill.loop import stage_name
+
+    log(f"distilling: {recipe_file.name}, stages {', '.join(stage_name(s) for s in recipe.stages)}")
     start = time.time()
     metrics = Run(recipe, model, out / "tscd").train()
     return {"recipe": str(recipe_file), "run": "tscd", "seconds": time.time() - start,
@@ -94,10 +98,10 @@ def run_demo(out: Path, n_prompts: int = 600, n_real: int = 2000, model: Path = 
     rows = teacher_rows(steps)
     distill = None
     if recipe is not None:
-        from hypersd.distill.rows import distilled_rows
+        from hypersd.distill.rows import distilled_rows, unified_rows
 
         distill = distill_for_demo(recipe, model, out, recipe_overrides, log=log)
-        rows += distilled_rows(out / "tscd", "TSCD", per_stage=True)
+        rows += distilled_rows(out / "tscd", "TSCD", per_stage=True) + unified_rows(out / "tscd")
     prompts = standard_prompts()[:n_prompts]
     summary = evaluate(model, rows, prompts, evaluator, out, n_real=n_real, log=log)
     summary["distill"] = distill

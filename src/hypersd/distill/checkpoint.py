@@ -15,6 +15,20 @@ import torch
 from safetensors.torch import load_file, save_file
 
 
+def rng_state() -> dict[str, torch.Tensor]:
+    """The CPU random state, and every CUDA device's where there is one (GPU runs draw noise there)."""
+    state = {"torch_rng": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda_rng"] = torch.stack(torch.cuda.get_rng_state_all())
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(state["torch_rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(state["cuda_rng"]))
+
+
 def lora_state(unet) -> dict[str, torch.Tensor]:
     return {k: p.detach().cpu().contiguous() for k, p in unet.named_parameters() if "lora_" in k}
 
@@ -31,7 +45,7 @@ def save_checkpoint(folder: Path, unet, position: dict, optimizers: dict | None 
                   tmp / f"{name}.safetensors")
     for name, optimizer in (optimizers or {}).items():
         torch.save(optimizer.state_dict() if optimizer is not None else {}, tmp / f"optimizer-{name}.pt")
-    save_file({"torch_rng": torch.get_rng_state()}, tmp / "rng.safetensors")
+    save_file(rng_state(), tmp / "rng.safetensors")
     (tmp / "state.json").write_text(json.dumps(position, indent=2))
     old = folder.with_name(folder.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
@@ -63,5 +77,5 @@ def restore_checkpoint(folder: Path, unet, optimizers: dict | None = None, modul
         state = torch.load(path, weights_only=True) if path.is_file() else {}
         if state and optimizer is not None:
             optimizer.load_state_dict(state)
-    torch.set_rng_state(load_file(folder / "rng.safetensors")["torch_rng"])
+    set_rng_state(load_file(folder / "rng.safetensors"))
     return read_position(folder)

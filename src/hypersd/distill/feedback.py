@@ -115,14 +115,15 @@ class FeedbackLearning:
                 raise UserError("the perceptual loss needs Shapes images with instance masks; set "
                                 "feedback.perceptual_weight: 0 for other data")
             self.segmenter = ShapesSegmenter.load(self.cfg.segmenter or SEGMENTER).to(model.device)
-        self.step = 0
+        self.step, self.micro = 0, 0
 
     def annotated_batch(self, n: int):
         """Real Shapes images with exact instance targets, seeded by the step (resumable)."""
         from hypersd.shapes.annotations import dense_targets
         from hypersd.shapes.batches import ShapesStream
 
-        images, captions, scenes = ShapesStream(self.seed * 1_000_003 + self.step).batch(n)
+        self.micro += 1  # gradient accumulation: each micro-step its own images
+        images, captions, scenes = ShapesStream((self.seed * 1_000_003 + self.step) * 64 + self.micro).batch(n)
         return self.model.encode_images(images), {**dense_targets(scenes), "captions": captions}
 
     def losses(self, x0, cond, uncond=None, captions=None) -> dict[str, torch.Tensor]:
@@ -148,4 +149,4 @@ class FeedbackLearning:
         return parts
 
     def after_step(self) -> None:
-        self.step += 1
+        self.step, self.micro = self.step + 1, 0

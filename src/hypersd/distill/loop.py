@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from hypersd.distill.checkpoint import read_position, restore_checkpoint, save_checkpoint
+from hypersd.distill.checkpoint import read_position, restore_checkpoint, rng_state, save_checkpoint, set_rng_state
 from hypersd.distill.data import build_pool
 from hypersd.distill.ema import copy_adapter
 from hypersd.distill.dmd import FAKE, ScoreDistillationStep
@@ -137,12 +137,14 @@ class Run:
         stages = self.recipe.stages
         done = [st for st in stages[:index] if st.method == "feedback"]
         if FEEDBACK in getattr(self.model.unet, "peft_config", {}):
-            scale = done[-1].feedback.merge_ratio if done and stages[index].method != "feedback" else 1.0
-            from peft.tuners.lora import LoraLayer
+            self._scale_feedback(done[-1].feedback.merge_ratio if done and stages[index].method != "feedback" else 1.0)
 
-            for module in self.model.unet.modules():
-                if isinstance(module, LoraLayer) and FEEDBACK in module.scaling:
-                    module.set_scale(FEEDBACK, scale)
+    def _scale_feedback(self, scale: float) -> None:
+        from peft.tuners.lora import LoraLayer
+
+        for module in self.model.unet.modules():
+            if isinstance(module, LoraLayer) and FEEDBACK in module.scaling:
+                module.set_scale(FEEDBACK, scale)
 
     def _needs_teacher_adapter(self, index: int) -> bool:
         return index > 0 and self.recipe.stages[index].teacher == "previous"
@@ -204,15 +206,16 @@ class Run:
 
     def _train_stage(self, index: int, stage: Stage, pool, optimizer, start: int, budget: int | None):
         rec, acc, unet = self.recipe.training, self.accelerator, self.model.unet
-        rng = torch.get_rng_state()  # building models (rewards, segmenter) must not move the training stream
+        rng = rng_state()  # building models (rewards, segmenter) must not move the training stream
         method = self._method(index, stage, start)
-        torch.set_rng_state(rng)
+        set_rng_state(rng)
         params = self._student_parameters(index)
         # The student role stays the active adapter set between calls: peft only accumulates gradients
-        # into adapters that are active when backward runs. Active but frozen (the TSCD LoRA during
-        # feedback learning): their gradients are dropped after each step.
+        # into adapters that are active when backward runs. Active but not trained here (the TSCD LoRA
+        # in a feedback stage, the feedback LoRA afterwards): their gradients are dropped every step.
         unet.set_adapter(self._roles(index)[0])
-        frozen = [p for p in self._adapter_parameters(STUDENT) if stage.method == "feedback"]
+        trained = {id(p) for p in params}
+        frozen = [p for name in self._roles(index)[0] for p in self._adapter_parameters(name) if id(p) not in trained]
         label = f"stage {index + 1}/{len(self.recipe.stages)} {stage_name(stage)}"
         bar = progress(range(start, stage.iterations), desc=label, initial=start, total=stage.iterations)
         ran, recent, tick = 0, [], time.time()
@@ -334,10 +337,14 @@ class Run:
         settings = SampleSettings(steps=inference["steps"], scheduler=inference["scheduler"], guidance=0.0,
                                   eta=inference.get("eta"), timesteps=inference.get("timesteps"),
                                   seed=self.recipe.samples.seed, batch_size=64)
-        state = torch.get_rng_state()  # sampling must not change the training stream
+        state = rng_state()  # sampling must not change the training stream
         self.model.unet.set_adapter(self._roles(index)[0])
+        if stage.method == "feedback":  # sample what the file holds: the feedback LoRA at the merge ratio
+            self._scale_feedback(stage.feedback.merge_ratio)
         images = generate(self.model.pipe, prompts, settings)
-        torch.set_rng_state(state)
+        if stage.method == "feedback":
+            self._scale_feedback(1.0)
+        set_rng_state(state)
         seeds = [settings.seed + i for i in range(len(prompts))]
         write_samples(self.out / "samples" / stage_name(stage), images, prompts, seeds, settings)
 

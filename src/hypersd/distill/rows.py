@@ -38,3 +38,20 @@ def distilled_rows(run: Path, label: str, steps=(1, 2, 4, 8), scheduler: str = "
                 rows.append(Row(f"{label} stage k{k} @{k}", SampleSettings(
                     steps=k, scheduler="ddim-trailing", guidance=0.0, loras=[LoraSpec(loras[k])])))
     return rows
+
+
+def phase_lora(run: Path, name: str) -> Path | None:
+    """A later phase's LoRA in a run folder: "unified", "feedback" or "one-step-t800" (None if absent)."""
+    path = Path(run) / "loras" / f"tscd-{name}.safetensors"
+    return path if path.is_file() else None
+
+
+def unified_rows(run: Path, label: str = "Hyper-SD unified", steps=(1, 2, 4, 8), etas=(0.3,)) -> list[Row]:
+    """The unified LoRA with the TCD scheduler at each step count and eta (Hyper-SD Table 4)."""
+    lora = phase_lora(run, "unified")
+    if lora is None:
+        return []
+    suffix = len(etas) > 1
+    return [Row(f"{label} @{s}" + (f" eta {eta:g}" if suffix else ""),
+                SampleSettings(steps=s, scheduler="tcd", guidance=0.0, eta=eta, loras=[LoraSpec(lora)]))
+            for eta in etas for s in steps]

@@ -63,8 +63,9 @@ def score(detector, images: np.ndarray, prompts: list[str], real_feats: np.ndarr
 
 
 def evaluate(model: Path, rows: list[Row], prompts: list[str], detector_dir: Path, out: Path,
-             n_real: int = 2000, seed: int = 0, log=print) -> dict:
-    """Sample and score every row; the teacher reference is the base model without LoRA."""
+             n_real: int = 2000, seed: int = 0, log=print, extra_scores=None) -> dict:
+    """Sample and score every row; the teacher reference is the base model without LoRA.
+    `extra_scores(images_uint8, prompts) -> dict` adds more per-row numbers (e.g. rewards)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     detector = ShapesDetector.load(detector_dir)
@@ -89,6 +90,8 @@ def evaluate(model: Path, rows: list[Row], prompts: list[str], detector_dir: Pat
         folder = out / "samples" / _slug(row.label)
         write_samples(folder, images, prompts, seeds, row.settings)
         (folder / "judgements.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        if extra_scores is not None:
+            metrics["extra"] = extra_scores(images, prompts)
         entry = {"label": row.label, **row.settings.record(), **metrics,
                  "sample_seconds": round(seconds, 1), "samples": str(folder.relative_to(out))}
         results.append(entry)
@@ -141,14 +144,16 @@ def with_steps(settings: SampleSettings, steps: int) -> SampleSettings:
 
 def markdown_table(summary: dict) -> str:
     cats = list(CATEGORIES)
-    head = ["model", "steps", "scheduler", "cfg", "overall", *cats, "FD", "PSNR vs teacher (dB)"]
+    extra = list(dict.fromkeys(k for r in summary["rows"] for k in r.get("extra", {})))
+    head = ["model", "steps", "scheduler", "cfg", "overall", *cats, "FD", "PSNR vs teacher (dB)", *extra]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in summary["rows"]:
         acc = r["shapes_eval"]
         psnr = r.get("psnr_vs_teacher")
         cells = [r["label"], str(r["steps"]), r["scheduler"], f"{r['guidance']:g}",
                  f"**{acc['overall']:.3f}**", *[f"{acc.get(c, float('nan')):.2f}" for c in cats],
-                 f"{r['fd']:.2f}", "ref" if psnr is not None and psnr >= 100 else f"{psnr:.2f}"]
+                 f"{r['fd']:.2f}", "ref" if psnr is not None and psnr >= 100 else f"{psnr:.2f}",
+                 *[f"{r.get('extra', {}).get(k, float('nan')):.3f}" for k in extra]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
