@@ -252,3 +252,23 @@ def test_image_reward_converts_the_release_and_scores_with_gradients(tiny_image_
     torch.testing.assert_close(direct, scores[:1].detach())
     with pytest.raises(UserError, match="ImageReward folder incomplete"):
         load_reward(f"image-reward:{tmp_path / 'nope'}")
+
+
+def test_named_objects_and_reward_scores_of_a_perfect_segmenter(monkeypatch):
+    from hypersd.rewards import report
+    from hypersd.shapes.world import render_array
+
+    assert report.named_objects("two red circles") == [("red", "circle"), ("red", "circle")]
+    assert report.named_objects("a blue cross to the left of a red square") == [("blue", "cross"), ("red", "square")]
+    scenes = ShapesStream(9).scenes(12)
+    images, prompts = render_array(scenes), [s.caption for s in scenes]
+    truth = dense_targets(scenes)
+
+    class Oracle(torch.nn.Module):  # answers with the ground truth of these scenes
+        def forward(self, x):
+            return _perfect_prediction(truth)
+
+    scores = report.reward_scores(images, prompts, Oracle())
+    assert scores["segmenter_agreement"] >= 11 / 12 and 6.0 < scores["shapes_clean"] <= 10.0
+    swapped = report.reward_scores(images, prompts[1:] + prompts[:1], Oracle())
+    assert swapped["segmenter_agreement"] < 0.5  # wrong prompts: the named objects are not there
