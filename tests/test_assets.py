@@ -70,3 +70,18 @@ def test_shipped_teacher_follows_prompts_better_than_chance():
     table = accuracy_table(judge_images(ShapesDetector.load(EVALUATOR), images, prompts))
     assert table["single"] >= 0.6 and table["overall"] >= 0.3, table  # measured 0.49 overall at 25 steps on 600
     assert np.std(images) > 10
+
+
+def test_shipped_segmenter_reads_real_images_and_is_not_the_evaluator():
+    from safetensors.torch import load_file
+
+    from hypersd.assets import SEGMENTER
+    from hypersd.rewards.segmenter import ShapesSegmenter
+    from hypersd.rewards.train_segmenter import check_segmenter
+
+    result = check_segmenter(ShapesSegmenter.load(SEGMENTER), n=300, seed=77)
+    assert result["instance_set_accuracy"] >= 0.98 and result["semantic_miou"] >= 0.95, result
+    evaluator = [v for v in load_file(EVALUATOR / "detector.safetensors").values() if v.ndim > 1]
+    segmenter = [v for v in load_file(SEGMENTER / "segmenter.safetensors").values() if v.ndim > 1]
+    shared = [s for s in segmenter for e in evaluator if s.shape == e.shape and torch.allclose(s, e)]
+    assert not shared  # no weight tensor of the evaluator reappears in the segmenter
