@@ -1,8 +1,8 @@
 """Cost of one TSCD training step against the bare UNet work it has to do.
 
-Bare work per step, batch b: a guided teacher forward (2b samples), a target forward (b), a student
-forward and backward (b), and the optimizer step, all on the same UNet with the LoRA adapters
-attached. The TSCD step adds timestep and segment sampling, the DDIM jumps, adapter switching
+Bare work per step, batch b: a guided teacher forward (2b samples, adapters disabled), a target
+forward (b, with LoRA), a student forward and backward (b), and the optimizer step, all on the same
+UNet. The TSCD step adds timestep and segment sampling, the DDIM jumps, adapter switching
 (teacher = adapters disabled) and the EMA update. Both are timed interleaved in one run; the
 result is the ratio of medians (target: at most 1.15).
 
@@ -33,8 +33,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def bare_step(model, optimizer, x, t, cond, both):
     unet = model.unet
     with torch.no_grad():
-        unet(torch.cat([x, x]), torch.cat([t, t]), both.hidden_states)  # guided teacher: cond + uncond
-        unet(x, t, cond.hidden_states)  # target
+        with model.adapter(None):  # the teacher runs without LoRA, as in TSCD
+            unet(torch.cat([x, x]), torch.cat([t, t]), both.hidden_states)  # guided teacher: cond + uncond
+        unet(x, t, cond.hidden_states)  # target (a LoRA forward, like the student's)
     loss = unet(x, t, cond.hidden_states).sample.pow(2).mean()  # student
     loss.backward()
     optimizer.step()
