@@ -146,3 +146,33 @@ def test_perceptual_loss_needs_shapes_data(tiny_pipeline_dir, segmenter_dir, tmp
     (tmp_path / "folder").mkdir()
     with pytest.raises(UserError):
         Run(recipe, tiny_pipeline_dir, tmp_path / "run").train()
+
+
+@pytest.mark.parametrize("timestep,extra,expected", [
+    (999, [], {"scheduler": "tcd", "eta": 0.3, "steps": 4}),
+    (999, ["--eta", "1.0", "--steps", "2"], {"scheduler": "tcd", "eta": 1.0, "steps": 2}),
+    (800, [], {"scheduler": "lcm", "steps": 1, "timesteps": [800]}),
+])
+def test_sample_applies_the_unified_and_one_step_settings(tiny_pipeline_dir, tmp_path, timestep, extra, expected,
+                                                          capsys, monkeypatch):
+    import sys
+
+    from diffusers import StableDiffusionPipeline
+
+    from hypersd.cli import main
+    from hypersd.distill.loop import stage_inference
+    from hypersd.lora import add_lora, save_lora
+    from hypersd.recipe import Stage
+
+    stage = Stage(method="dmd", segments=1)
+    stage.dmd.generator_timestep = timestep
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
+    add_lora(pipe.unet, 2, 2.0, ["to_q", "to_v"])
+    lora = save_lora(tmp_path / "u.safetensors", pipe.unet, "student", inference=stage_inference(stage))
+    monkeypatch.setattr(sys, "argv", ["hypersd", "sample", "--model", str(tiny_pipeline_dir), "--lora", str(lora),
+                                      "--prompt", "a red circle", "--out", str(tmp_path / "s"), *extra])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code in (0, None), capsys.readouterr().err
+    record = json.loads((tmp_path / "s" / "samples.jsonl").read_text().splitlines()[0])
+    assert {k: record[k] for k in expected} == expected
