@@ -181,7 +181,7 @@ def test_cli_scores_an_image_folder(tmp_path, capsys, monkeypatch):
     result = json.loads(out.strip().splitlines()[-1])
     assert result["images"] == 12 and 6.0 < result["shapes-clean"] <= 10.0
     code, _, err = _cli(["rewards", "score", str(tmp_path / "real"), "--reward", "nope"], capsys, monkeypatch)
-    assert code == 2 and err.strip() == "error: unknown reward 'nope'; choose one of shapes-clean, laion-aesthetic, image-reward"
+    assert code == 2 and err.strip() == "error: unknown reward 'nope'; choose one of shapes-clean, shapes-presence, laion-aesthetic, image-reward"
 
 
 def _blip_name(key):
@@ -272,3 +272,20 @@ def test_named_objects_and_reward_scores_of_a_perfect_segmenter(monkeypatch):
     assert scores["segmenter_agreement"] >= 11 / 12 and 6.0 < scores["shapes_clean"] <= 10.0
     swapped = report.reward_scores(images, prompts[1:] + prompts[:1], Oracle())
     assert swapped["segmenter_agreement"] < 0.5  # wrong prompts: the named objects are not there
+
+
+def test_presence_reward_wants_the_named_objects_and_nothing_else():
+    reward = load_reward("shapes-presence")
+    scenes = ShapesStream(21).scenes(40)
+    from hypersd.shapes.world import render_array
+    from hypersd.shapes.batches import to_tensor
+
+    x = to_tensor(render_array(scenes))
+    right = reward.score(x, [s.caption for s in scenes]).mean().item()
+    wrong = reward.score(x, [s.caption for s in scenes[1:] + scenes[:1]]).mean().item()
+    empty = torch.ones_like(x[:4]) * 0.8  # a pale empty canvas
+    nothing = reward.score(empty, [s.caption for s in scenes[:4]]).mean().item()
+    assert right > 9.0 and wrong < 4.0 and nothing < 2.0, (right, wrong, nothing)
+    image = x[:2].clone().requires_grad_(True)
+    reward.score(image, [s.caption for s in scenes[:2]]).sum().backward()
+    assert image.grad is not None

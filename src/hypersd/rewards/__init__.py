@@ -1,6 +1,7 @@
 """Reward models of human feedback learning, loaded from a short spec string.
 
     shapes-clean                             the Shapes clean-image reward (no weights)
+    shapes-presence[:SEGMENTER_DIR]          named objects present, nothing else (the Shapes segmenter)
     laion-aesthetic:CLIP_FOLDER,HEAD.safetensors
                                              the LAION aesthetic predictor from local files
     image-reward:FOLDER                      ImageReward (folder from `hypersd rewards convert-image-reward`)
@@ -16,7 +17,7 @@ from pathlib import Path
 from hypersd.errors import UserError
 from hypersd.rewards.base import RewardModel
 
-REWARD_KINDS = ("shapes-clean", "laion-aesthetic", "image-reward")
+REWARD_KINDS = ("shapes-clean", "shapes-presence", "laion-aesthetic", "image-reward")
 
 
 def load_reward(spec: str) -> RewardModel:
@@ -26,6 +27,10 @@ def load_reward(spec: str) -> RewardModel:
         from hypersd.rewards.shapes_clean import ShapesCleanReward
 
         return ShapesCleanReward().freeze()
+    if kind == "shapes-presence":
+        from hypersd.rewards.shapes_presence import ShapesPresenceReward
+
+        return ShapesPresenceReward(Path(args) if args else None)
     if kind == "laion-aesthetic":
         from hypersd.rewards.laion_aesthetic import LaionAestheticReward
 
