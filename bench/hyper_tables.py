@@ -20,16 +20,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import shutil
-import time
 from pathlib import Path
 
 from hypersd.assets import EVALUATOR, SEGMENTER, TEACHER, TEACHER_GUIDANCE
-from hypersd.distill.checkpoint import read_position
-from hypersd.distill.loop import Run
 from hypersd.distill.rows import final_lora, phase_lora
-from hypersd.evaluator.evaluate import Row, evaluate, markdown_table, plot_metrics
+from hypersd.evaluator.evaluate import Row, evaluate, markdown_table
 from hypersd.progress import quiet_libraries
 from hypersd.prompts import standard_prompts
 from hypersd.recipe import load_recipe
@@ -37,8 +32,8 @@ from hypersd.rewards.report import reward_scores
 from hypersd.rewards.segmenter import ShapesSegmenter
 from hypersd.sampling import LoraSpec, SampleSettings
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS, RUNS = ROOT / "bench" / "results", ROOT / "bench" / "runs"
+from common import ROOT, RUNS, train_or_reuse, write_results  # bench/common.py
+
 RECIPE = ROOT / "configs" / "hyper-sd.yaml"
 QUICK = {"iterations": 3, "batch_size": 4, "pool_size": 64}
 
@@ -67,18 +62,7 @@ def phase_recipe(name: str, quick: bool):
 def train(name: str, init: Path | None, model: Path, quick: bool) -> tuple[Path, dict]:
     recipe = phase_recipe(name, quick)
     out = RUNS / (name + ("-quick" if quick else ""))
-    metrics_file = out / "metrics.json"
-    if metrics_file.is_file() and len(json.loads(metrics_file.read_text())["stages"]) == len(recipe.stages):
-        return out, json.loads(metrics_file.read_text())
-    resume = read_position(out / "checkpoint") is not None
-    if out.exists() and not resume:
-        shutil.rmtree(out)
-    start = time.time()
-    metrics = Run(recipe, model, out, init_lora=init).train(resume=resume)
-    metrics["train_seconds"] = time.time() - start
-    metrics["init_lora"] = str(init) if init else None
-    metrics_file.write_text(json.dumps(metrics, indent=2))
-    return out, metrics
+    return out, train_or_reuse(recipe, model, out, init)
 
 
 def rows_for(runs: dict[str, Path], tscd_run: Path) -> list[Row]:
@@ -128,12 +112,7 @@ def main() -> None:
                        RUNS / f"hyper-eval{suffix}", n_real=args.n_real,
                        extra_scores=lambda images, prompts: reward_scores(images, prompts, segmenter))
     summary["training"] = training
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / f"hyper_tables{suffix}"
-    stem.with_suffix(".json").write_text(json.dumps(summary, indent=2))
-    stem.with_suffix(".md").write_text(markdown(summary))
-    plot_metrics(summary, stem.with_suffix(".png"))
-    print(f"wrote {stem}.md")
+    write_results(f"hyper_tables{suffix}", summary, markdown(summary))
 
 
 def markdown(summary: dict) -> str:

@@ -16,23 +16,18 @@ Writes bench/results/tscd_ablation.{json,md,png}; training runs go to bench/runs
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 from pathlib import Path
 
 from hypersd.assets import EVALUATOR, TEACHER, TEACHER_GUIDANCE
-from hypersd.distill.checkpoint import read_position
-from hypersd.distill.loop import Run, stage_name
 from hypersd.distill.rows import distilled_rows
-from hypersd.evaluator.evaluate import Row, evaluate, plot_metrics
+from hypersd.evaluator.evaluate import Row, evaluate
 from hypersd.progress import quiet_libraries
 from hypersd.prompts import standard_prompts
 from hypersd.recipe import load_recipe
 from hypersd.sampling import SampleSettings
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
-RUNS = ROOT / "bench" / "runs"
+from common import ROOT, RUNS, train_or_reuse, write_results  # bench/common.py
+
 STEPS = (1, 2, 4, 8)
 METHODS = {  # recipe, scheduler and eta each method's LoRA is sampled with
     "LCM-style": ("lcm", "lcm", None),
@@ -47,22 +42,7 @@ def train(name: str, model: Path, quick: bool) -> tuple[Path, dict]:
     overrides = QUICK + [f"stages.{i}.iterations=4" for i in range(1, 4)] if quick else []
     recipe = load_recipe(ROOT / "configs" / f"{name}.yaml", [o for o in overrides if _fits(o, name)])
     out = RUNS / (name + ("-quick" if quick else ""))
-    metrics_file = out / "metrics.json"
-    if metrics_file.is_file() and len(json.loads(metrics_file.read_text())["stages"]) == len(recipe.stages):
-        return out, json.loads(metrics_file.read_text())
-    resume = read_position(out / "checkpoint") is not None
-    if out.exists() and not resume:
-        shutil.rmtree(out)
-    metrics = Run(recipe, model, out).train(resume=resume)
-    metrics["train_seconds"] = uninterrupted_seconds(metrics, recipe)
-    metrics_file.write_text(json.dumps(metrics, indent=2))
-    return out, metrics
-
-
-def uninterrupted_seconds(metrics: dict, recipe) -> float:
-    """Training time of the whole run; a resumed stage's rate is scaled to its full length."""
-    stages = {stage_name(stage): stage.iterations for stage in recipe.stages}
-    return sum(s["seconds"] / max(s["steps"], 1) * stages[name] for name, s in metrics["stages"].items())
+    return out, train_or_reuse(recipe, model, out)
 
 
 def _fits(override: str, name: str) -> bool:
@@ -96,12 +76,7 @@ def main() -> None:
     summary = evaluate(args.model, rows_for(runs), standard_prompts()[: args.prompts], EVALUATOR, out,
                        n_real=args.n_real)
     summary["training"] = train_metrics
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / f"tscd_ablation{suffix}"
-    stem.with_suffix(".json").write_text(json.dumps(summary, indent=2))
-    stem.with_suffix(".md").write_text(markdown(summary))
-    plot_metrics(summary, stem.with_suffix(".png"))
-    print(f"wrote {stem}.md")
+    write_results(f"tscd_ablation{suffix}", summary, markdown(summary))
 
 
 def markdown(summary: dict) -> str:

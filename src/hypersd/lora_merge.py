@@ -5,7 +5,7 @@ at a chosen ratio (section 3.2). Two low-rank products add up to one of rank r_a
 down matrices (lora_A) and put the up matrices (lora_B), each multiplied by its own scale
 alpha / r (and by the ratio), side by side; the merged file has alpha = rank, so scale 1. Conv
 LoRAs stack the same way (down: output channels; up: its 1x1 input channels). A module that only
-one file adapts gets zero rows in the other's part.
+one file adapts keeps that file's rank (a per-module rank in the merged config).
 """
 
 from __future__ import annotations
@@ -57,12 +57,6 @@ def module_scales(tensors: dict, metadata: dict) -> dict[str, float]:
     return scales
 
 
-def _zeros_like_rank(tensor: torch.Tensor, rank: int, dim: int) -> torch.Tensor:
-    shape = list(tensor.shape)
-    shape[dim] = rank
-    return torch.zeros(shape, dtype=tensor.dtype)
-
-
 def merge_lora_files(a: Path, b: Path, out: Path, ratio: float = 1.0) -> Path:
     """Write the exact merge of LoRA files a and b (b weighted by `ratio`) to `out`."""
     from safetensors.torch import save_file
@@ -70,21 +64,13 @@ def merge_lora_files(a: Path, b: Path, out: Path, ratio: float = 1.0) -> Path:
     ta, ma = read_lora(a)
     tb, mb = read_lora(b)
     sa, sb = module_scales(ta, ma), module_scales(tb, mb)
-    ra = {m: ta[f"{m}.lora_A.weight"].shape[0] for m in sa}
-    rb = {m: tb[f"{m}.lora_A.weight"].shape[0] for m in sb}
     merged, ranks = {}, set()
     for module in sorted(set(sa) | set(sb)):
-        ref = ta if module in sa else tb
-        down_ref, up_ref = ref[f"{module}.lora_A.weight"], ref[f"{module}.lora_B.weight"]
         downs, ups = [], []
-        for tensors, scales, rank, weight in ((ta, sa, ra, 1.0), (tb, sb, rb, ratio)):
-            if module in scales:
+        for tensors, scales, weight in ((ta, sa, 1.0), (tb, sb, ratio)):
+            if module in scales:  # a file that does not adapt the module adds no rank there
                 downs.append(tensors[f"{module}.lora_A.weight"].float())
                 ups.append(tensors[f"{module}.lora_B.weight"].float() * (scales[module] * weight))
-            else:  # this file does not adapt the module: zero rows of the other file's rank
-                other = (ra if rank is rb else rb)[module]
-                downs.append(_zeros_like_rank(down_ref.float(), other, 0))
-                ups.append(_zeros_like_rank(up_ref.float(), other, 1))
         merged[f"{module}.lora_A.weight"] = torch.cat(downs, 0).contiguous()
         merged[f"{module}.lora_B.weight"] = torch.cat(ups, 1).contiguous()
         ranks.add(merged[f"{module}.lora_A.weight"].shape[0])

@@ -16,19 +16,10 @@ total = reward_weight * aesthetic + perceptual_weight * perceptual + pretrain_we
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
 from hypersd.solver import ddim_jump, predict_x0
-
-
-@dataclass
-class FeedbackTerms:
-    aesthetic: torch.Tensor | None = None
-    perceptual: torch.Tensor | None = None
-    pretrain: torch.Tensor | None = None
 
 
 def trailing_timesteps(steps: int, num_train_timesteps: int = 1000) -> list[int]:

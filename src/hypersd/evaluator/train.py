@@ -24,6 +24,11 @@ class DetectorTrainConfig:
     augment: bool = True
 
 
+def warmup_cosine(step: int, total: int, warmup: int = 100) -> float:
+    """Learning-rate factor: linear warm-up times a cosine decay over the whole run."""
+    return min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / total))
+
+
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Mild blur, noise and colour jitter: generated images are never as clean as renders."""
     n = x.shape[0]
@@ -41,8 +46,7 @@ def train_detector(cfg: DetectorTrainConfig, out: Path, log=print) -> ShapesDete
     gen = torch.Generator().manual_seed(cfg.seed)
     model = ShapesDetector(DetectorConfig())
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, cfg.steps))
     stream = ShapesStream(cfg.seed + 77)
     start = time.time()
     bar = progress(range(cfg.steps), desc="evaluator")

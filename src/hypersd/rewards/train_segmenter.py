@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from hypersd.evaluator.train import augment
+from hypersd.evaluator.train import augment, warmup_cosine
 from hypersd.progress import progress
 from hypersd.rewards.segmenter import SegmenterConfig, ShapesSegmenter, decode_instances, instance_loss
 from hypersd.shapes.annotations import NUM_CLASSES, dense_targets
@@ -31,8 +30,7 @@ def train_segmenter(cfg: SegmenterTrainConfig, out: Path, log=print) -> ShapesSe
     gen = torch.Generator().manual_seed(cfg.seed)
     model = ShapesSegmenter(SegmenterConfig())
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, cfg.steps))
     stream = ShapesStream(cfg.seed + 1000)
     start = time.time()
     bar = progress(range(cfg.steps), desc="segmenter")

@@ -1,0 +1,47 @@
+"""What the benchmarks share: training a recipe into bench/runs (reusing a finished run, resuming
+an interrupted one) and writing a summary to bench/results as JSON + markdown + plot."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from hypersd.distill.checkpoint import read_position
+from hypersd.distill.loop import Run, stage_name
+from hypersd.evaluator.evaluate import plot_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS, RUNS = ROOT / "bench" / "results", ROOT / "bench" / "runs"
+
+
+def train_or_reuse(recipe, model: Path, out: Path, init_lora: Path | None = None) -> dict:
+    """Train `recipe` into `out` unless a finished run is there; an interrupted one resumes."""
+    metrics_file = out / "metrics.json"
+    if metrics_file.is_file() and len(json.loads(metrics_file.read_text())["stages"]) == len(recipe.stages):
+        return json.loads(metrics_file.read_text())
+    resume = read_position(out / "checkpoint") is not None
+    if out.exists() and not resume:
+        shutil.rmtree(out)
+    metrics = Run(recipe, model, out, init_lora=init_lora).train(resume=resume)
+    metrics["train_seconds"] = uninterrupted_seconds(metrics, recipe)
+    metrics["init_lora"] = str(init_lora) if init_lora else None
+    metrics_file.write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def uninterrupted_seconds(metrics: dict, recipe) -> float:
+    """Training time of the whole run; a resumed stage's rate is scaled to its full length."""
+    stages = {stage_name(stage): stage.iterations for stage in recipe.stages}
+    return sum(s["seconds"] / max(s["steps"], 1) * stages[name] for name, s in metrics["stages"].items())
+
+
+def write_results(stem_name: str, summary: dict, markdown: str) -> Path:
+    """bench/results/<stem_name>.{json,md,png}."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = RESULTS / stem_name
+    stem.with_suffix(".json").write_text(json.dumps(summary, indent=2))
+    stem.with_suffix(".md").write_text(markdown)
+    plot_metrics(summary, stem.with_suffix(".png"))
+    print(f"wrote {stem}.md")
+    return stem
