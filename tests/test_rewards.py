@@ -270,8 +270,10 @@ def test_named_objects_and_reward_scores_of_a_perfect_segmenter(monkeypatch):
 
     scores = report.reward_scores(images, prompts, Oracle())
     assert scores["segmenter_agreement"] >= 11 / 12 and 6.0 < scores["shapes_clean"] <= 10.0
+    assert scores["shapes_presence"] > 9.0
     swapped = report.reward_scores(images, prompts[1:] + prompts[:1], Oracle())
     assert swapped["segmenter_agreement"] < 0.5  # wrong prompts: the named objects are not there
+    assert swapped["shapes_presence"] < scores["shapes_presence"] - 3.0
 
 
 def test_presence_reward_wants_the_named_objects_and_nothing_else():

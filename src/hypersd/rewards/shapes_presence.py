@@ -36,6 +36,14 @@ class ShapesPresenceReward(RewardModel):
         self.segmenter = ShapesSegmenter.load(segmenter_folder or SEGMENTER)
         self.freeze()
 
+    @classmethod
+    def from_segmenter(cls, segmenter: ShapesSegmenter) -> "ShapesPresenceReward":
+        """The reward read off an already loaded segmenter (no second copy from disk)."""
+        reward = cls.__new__(cls)
+        RewardModel.__init__(reward)
+        reward.segmenter = segmenter
+        return reward.freeze()
+
     def score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         probs = self.segmenter(images.float())["semantic"].softmax(1).flatten(2).amax(2)  # (n, classes)
         wanted = torch.zeros(len(prompts), NUM_CLASSES, device=probs.device, dtype=torch.bool)
