@@ -27,3 +27,25 @@ def test_eval_writes_tables_plots_and_samples(tiny_pipeline_dir, tiny_evaluator_
     assert record["prompt"] == PROMPTS[2] and record["seed"] == 2 and record["steps"] == 1
     assert Image.open(tmp_path / one["samples"] / record["file"]).size == (32, 32)
     assert "| tiny @1 |" in (tmp_path / "metrics.md").read_text()
+
+
+def test_a_row_can_sample_another_model_folder_against_the_same_reference(tiny_pipeline_dir, tiny_evaluator_dir,
+                                                                           tmp_path):
+    """A distilled full UNet is a pipeline folder of its own: its row samples it, and its PSNR is
+    measured against the evaluated teacher's 50-step reference (same settings, other weights: < 100 dB)."""
+    import shutil
+
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    other = tmp_path / "copy"
+    shutil.copytree(tiny_pipeline_dir, other)
+    unet = UNet2DConditionModel.from_pretrained(other / "unet")
+    with torch.no_grad():
+        unet.conv_out.bias.add_(0.3)
+    unet.save_pretrained(other / "unet")
+    fifty = SampleSettings(steps=50, scheduler="ddim", guidance=5.0)
+    summary = evaluate(tiny_pipeline_dir, [Row("same weights elsewhere", fifty, model=other)], PROMPTS[:2],
+                       tiny_evaluator_dir, tmp_path / "eval", n_real=20, log=lambda *_: None)
+    row = summary["rows"][0]
+    assert row["model"] == str(other) and row["psnr_vs_teacher"] < 60

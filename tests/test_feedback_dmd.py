@@ -44,6 +44,32 @@ def test_dmd_loss_gradient_is_the_normalised_score_difference():
     assert dmd_gradient(x.detach(), real, real).abs().max() == 0  # fake = real: nothing to learn
 
 
+def _gaussian_x0(x_t, a, sigma, mean, std):
+    """E[x0 | x_t] for data N(mean, std^2) noised as x_t = a x0 + sigma eps (an exact denoiser)."""
+    return mean + a * std**2 / (a**2 * std**2 + sigma**2) * (x_t - a * mean)
+
+
+def test_dmd_moves_a_toy_generator_onto_the_real_distribution():
+    """Toy check of sign and normaliser: a generator of i.i.d. N(mu, s^2) vectors trained with
+    dmd_gradient/dmd_loss against exact real (N(2, 0.3^2)) and fake (its own current law) denoisers
+    ends at the real law (16 dimensions, so the per-sample normaliser is an average, as for images)."""
+    torch.manual_seed(0)
+    mu, log_s = torch.tensor(-1.0, requires_grad=True), torch.tensor(0.0, requires_grad=True)
+    optimizer = torch.optim.Adam([mu, log_s], lr=0.02)
+    ac = torch.linspace(0.999, 0.01, 100)
+    for _ in range(600):
+        x = mu + log_s.exp() * torch.randn(256, 16)
+        a = ac[torch.randint(0, 100, (256, 1))].sqrt()
+        sigma = (1 - a**2).sqrt()
+        x_t = a * x.detach() + sigma * torch.randn_like(x)
+        real = _gaussian_x0(x_t, a, sigma, 2.0, 0.3)
+        fake = _gaussian_x0(x_t, a, sigma, mu.detach(), log_s.detach().exp())
+        optimizer.zero_grad()
+        dmd_loss(x, dmd_gradient(x.detach(), real, fake)).backward()
+        optimizer.step()
+    assert abs(mu.item() - 2.0) < 0.1 and abs(log_s.exp().item() - 0.3) < 0.1
+
+
 class _Constant(RewardModel):
     name = "constant"
 
@@ -77,7 +103,9 @@ def _recipe(tmp_path, segmenter_dir, stages, lora="{rank: 2, alpha: 2, targets: 
         "tscd": "  - {segments: 2, iterations: 2, learning_rate: 1.0e-3}",
         "feedback": f"  - {{method: feedback, iterations: 3, learning_rate: 1.0e-3, feedback: {feedback}}}",
         "dmd": ("  - {method: dmd, segments: 1, iterations: 3, learning_rate: 1.0e-3, feedback: " + feedback
-                + ", dmd: {with_feedback: true, fake_rank: 2, fake_updates: 2}}"),
+                + ", dmd: {with_feedback: true, fake_rank: 2, fake_updates: 2, batch_size: 1}}"),
+        "unet": ("  - {method: dmd, segments: 1, iterations: 3, learning_rate: 1.0e-3, mse_weight: 0, feedback: "
+                 + feedback + ", dmd: {generator: unet, generator_timestep: 800, with_feedback: true, fake_rank: 2}}"),
     }
     path = tmp_path / "recipe.yaml"
     path.write_text("name: tiny-hyper\nstages:\n" + "\n".join(lines[s] for s in stages) + "\n"
@@ -110,9 +138,16 @@ def test_feedback_stage_trains_only_the_feedback_lora(tiny_pipeline_dir, segment
     assert "feedback" in metrics["stages"]
 
 
-def test_full_recipe_writes_a_unified_tcd_lora_and_resumes_exactly(tiny_pipeline_dir, segmenter_dir, tmp_path):
+def test_full_recipe_writes_a_unified_tcd_lora_and_resumes_exactly(tiny_pipeline_dir, segmenter_dir, tmp_path,
+                                                                   monkeypatch):
+    from hypersd.distill import dmd
+
+    generated = []
+    original = dmd.generate_x0
+    monkeypatch.setattr(dmd, "generate_x0", lambda m, s, noise, *a: generated.append(len(noise)) or original(m, s, noise, *a))
     recipe = _recipe(tmp_path, segmenter_dir, ["tscd", "feedback", "dmd"])
     Run(recipe, tiny_pipeline_dir, tmp_path / "whole").train()
+    assert generated and set(generated) == {1}  # dmd.batch_size 1 of training.batch_size 2
     unified = tmp_path / "whole" / "loras" / "tscd-unified.safetensors"
     settings = inference_settings(unified)
     assert settings["scheduler"] == "tcd" and settings["eta"] == 0.3
@@ -124,6 +159,45 @@ def test_full_recipe_writes_a_unified_tcd_lora_and_resumes_exactly(tiny_pipeline
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+def test_one_step_model_as_a_full_unet_saves_a_pipeline_and_resumes_exactly(tiny_pipeline_dir, segmenter_dir,
+                                                                            tmp_path, capsys, monkeypatch):
+    import sys
+
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import load_file as load
+
+    from hypersd.cli import main
+
+    recipe = _recipe(tmp_path, segmenter_dir, ["tscd", "unet"])
+    run = Run(recipe, tiny_pipeline_dir, tmp_path / "whole")
+    run.train()
+    folder = tmp_path / "whole" / "one-step-t800-unet"
+    assert json.loads((folder / "hypersd_inference.json").read_text())["timesteps"] == [800]
+    trained = UNet2DConditionModel.from_pretrained(folder / "unet")
+    base = UNet2DConditionModel.from_pretrained(tiny_pipeline_dir / "unet")
+    moved = [k for k, v in trained.state_dict().items() if not torch.equal(v, base.state_dict()[k])]
+    assert any("lora" not in k and ".to_k." in k for k in moved)  # beyond the LoRA targets: the whole UNet trains
+    assert all(not torch.equal(p, base.state_dict()[k]) for k, p in trained.state_dict().items() if k.endswith("to_q.weight"))
+    for name, param in run.model.unet.named_parameters():  # the frozen base (the teacher) did not move
+        if "lora_" not in name:
+            key = name.replace(".base_layer", "")
+            torch.testing.assert_close(param, base.state_dict()[key], rtol=0, atol=0)
+    a = load(folder / "unet" / "diffusion_pytorch_model.safetensors")
+    for stop in (2, 4):  # killed at the stage boundary (no UNet in the checkpoint yet), and inside the stage
+        Run(recipe, tiny_pipeline_dir, tmp_path / f"killed{stop}").train(stop_after=stop)
+        Run(recipe, tiny_pipeline_dir, tmp_path / f"killed{stop}").train(resume=True)
+        b = load(tmp_path / f"killed{stop}" / "one-step-t800-unet" / "unet" / "diffusion_pytorch_model.safetensors")
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    monkeypatch.setattr(sys, "argv", ["hypersd", "sample", "--model", str(folder), "--prompt", "a red circle",
+                                      "--out", str(tmp_path / "s")])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code in (0, None), capsys.readouterr().err
+    record = json.loads((tmp_path / "s" / "samples.jsonl").read_text().splitlines()[0])
+    assert record["scheduler"] == "lcm" and record["timesteps"] == [800] and record["steps"] == 1
 
 
 def test_a_phase_runs_alone_from_a_given_lora(tiny_pipeline_dir, segmenter_dir, tmp_path):

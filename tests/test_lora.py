@@ -108,6 +108,22 @@ def test_sample_applies_the_lora_settings_unless_overridden(tiny_pipeline_dir, t
     assert (overridden["scheduler"], overridden["steps"], overridden["eta"]) == ("tcd", 3, 1.0)
 
 
+def test_stored_timesteps_give_way_to_other_steps_or_scheduler(tmp_path):
+    from hypersd.sampling import resolve_settings
+
+    folder = tmp_path / "one-step"
+    folder.mkdir()
+    (folder / "hypersd_inference.json").write_text(json.dumps({"scheduler": "lcm", "steps": 1, "timesteps": [800]}))
+    none = {"steps": None, "scheduler": None, "guidance": None, "eta": None, "timesteps": None}
+    assert resolve_settings(none, [], folder)["timesteps"] == [800]
+    four = resolve_settings({**none, "steps": 4}, [], folder)
+    assert (four["scheduler"], four["steps"], four["timesteps"]) == ("lcm", 4, None)
+    assert resolve_settings({**none, "timesteps": [999]}, [], folder)["timesteps"] == [999]
+    (folder / "hypersd_inference.json").write_text("{nope")
+    with pytest.raises(UserError, match="hypersd_inference.json is not valid JSON"):
+        resolve_settings(none, [], folder)
+
+
 def test_plain_diffusers_with_the_stored_settings_reproduces_the_project_sampler(tiny_pipeline_dir, tmp_path):
     import numpy as np
     from diffusers import DDIMScheduler
@@ -181,3 +197,28 @@ def test_merge_refuses_files_that_are_not_loras(tmp_path):
     with pytest.raises(UserError, match="LoRA file not found"):
         merge_lora_files(tmp_path / "nope.safetensors", tmp_path / "x.safetensors", tmp_path / "m.safetensors")
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_fused_unet_equals_the_adapted_unet_and_has_no_adapters(tiny_pipeline_dir):
+    from hypersd.lora import fused_unet
+
+    unet = StableDiffusionPipeline.from_pretrained(tiny_pipeline_dir).unet
+    add_lora(unet, 2, 2.0, ["to_q", "to_v", "conv1"], name="student")
+    add_lora(unet, 2, 2.0, ["to_k"], name="feedback")
+    add_lora(unet, 2, 2.0, ["to_q"], name="other")  # not fused: dropped
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in unet.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.2)
+    unet.set_adapter(["student", "feedback"])
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 700])
+    cond = torch.randn(2, 77, unet.config.cross_attention_dim)
+    expected = unet(x, t, cond).sample
+    fused = fused_unet(unet, ["student", "feedback"])
+    torch.testing.assert_close(fused(x, t, cond).sample, expected, rtol=1e-4, atol=1e-5)
+    assert not any("lora" in name for name, _ in fused.named_parameters())
+    assert not getattr(fused, "_hf_peft_config_loaded", False)
+    torch.testing.assert_close(unet(x, t, cond).sample, expected, rtol=0, atol=0)  # the original is untouched
+    assert not torch.allclose(fused(x, t, cond).sample, StableDiffusionPipeline.from_pretrained(
+        tiny_pipeline_dir).unet(x, t, cond).sample, atol=1e-4)  # and the LoRAs did count

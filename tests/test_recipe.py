@@ -37,6 +37,15 @@ def test_resolved_yaml_round_trips(tmp_path):
     ("stages: []\n", "at least one stage"),
     ("- 1\n- 2\n", "mapping at the top level"),
     ("stages: [\n", "not valid YAML"),
+    ("stages:\n  - {mse_weight: 0}\n", "at least one loss weight must be > 0"),
+    ("stages:\n  - {method: dmd, mse_weight: 0, dmd: {dmd_weight: 0}}\n", "needs dmd.dmd_weight or mse_weight > 0"),
+    ("stages:\n  - {method: dmd, dmd: {batch_size: -1}}\n", "batch_size must be >= 0"),
+    ("stages:\n  - {method: dmd, dmd: {generator: full}}\n", "generator must be lora or unet"),
+    ("stages:\n  - {method: dmd, huber_weight: 1.0}\n", "set huber_weight and adversarial_weight to 0"),
+    ("stages:\n  - {method: dmd, mse_weight: 0, dmd: {generator: unet}}\n", "the unified model (generator_timestep 999) is a LoRA"),
+    ("stages:\n  - {method: dmd, dmd: {generator: unet, generator_timestep: 800}}\n", "set mse_weight: 0"),
+    ("stages:\n  - {method: dmd, mse_weight: 0, dmd: {generator: unet, generator_timestep: 800}}\n  - {segments: 1}\n",
+     "must be the last stage"),
 ])
 def test_bad_recipes_name_the_problem(tmp_path, text, needle):
     path = tmp_path / "bad.yaml"
@@ -53,6 +62,12 @@ def test_bad_recipes_name_the_problem(tmp_path, text, needle):
 def test_bad_overrides(override, needle):
     with pytest.raises(UserError, match=needle):
         load_recipe(None, [override])
+
+
+def test_score_distillation_alone_needs_no_consistency_term(tmp_path):
+    path = tmp_path / "dmd.yaml"
+    path.write_text("stages:\n  - {method: dmd, segments: 1, mse_weight: 0}\n")
+    assert load_recipe(path).stages[0].mse_weight == 0  # DMD alone (Table 5's first row)
 
 
 def test_missing_file():

@@ -304,13 +304,14 @@ def sample(model: Path = typer.Option(..., help="Diffusers pipeline folder."),
            out: Path = typer.Option(..., help="Output folder.")):
     """Generate images: PNGs, samples.jsonl and a labelled grid.
 
-    Settings not given on the command line come from the first LoRA's metadata, if it has them.
+    Settings not given on the command line come from the first LoRA's metadata, if it has them, or
+    from a distilled full-UNet model folder (hypersd_inference.json).
     """
     from hypersd.sampling import LoraSpec, apply_loras, generate, load_pipeline, resolve_settings, write_samples
 
     given = {"steps": steps, "scheduler": scheduler, "guidance": guidance, "eta": eta,
              "timesteps": _parse_timesteps(timesteps)}
-    chosen = resolve_settings(given, [LoraSpec.parse(x) for x in lora or []])
+    chosen = resolve_settings(given, [LoraSpec.parse(x) for x in lora or []], model)
     timesteps_text = ",".join(map(str, chosen["timesteps"])) if chosen["timesteps"] else None
     settings = _settings(chosen["steps"], chosen["scheduler"], chosen["guidance"], chosen["eta"], seed,
                          timesteps_text, lora, batch_size)
@@ -412,11 +413,11 @@ def distill(recipe: Optional[Path] = typer.Option(None, help="YAML recipe (defau
 def demo(out: Path = typer.Option(Path("runs/demo"), help="Report folder."),
          n_prompts: int = typer.Option(600, help="Prompts of the standard set to use."),
          n_real: int = typer.Option(2000, help="Real images for the Frechet distance."),
-         recipe: Path = typer.Option(None, help="Distillation recipe (default: configs/demo-tscd.yaml)."),
+         recipe: Path = typer.Option(None, help="Distillation recipe (default: configs/demo-hyper.yaml)."),
          distill: bool = typer.Option(True, help="Distill the teacher with the recipe and add its rows."),
          set_: Optional[list[str]] = typer.Option(None, "--set", help="Recipe override KEY=VALUE (repeatable).")):
-    """The main job on the embedded default: distill the shipped teacher with TSCD, sample teacher and
-    LoRAs at 1 to 50 steps, and write a report."""
+    """The main job on the embedded default: distill the shipped teacher with the full Hyper-SD recipe
+    (TSCD, feedback, score distillation), sample teacher and LoRAs at 1 to 50 steps, write a report."""
     from hypersd.assets import DEMO_RECIPE
     from hypersd.recipe import load_recipe
     from hypersd.report import run_demo

@@ -136,3 +136,24 @@ def load_into_adapter(unet, path: Path, name: str) -> int:
     if copied == 0:
         raise UserError(f"LoRA {path} holds no UNet LoRA weights")
     return copied
+
+
+def fused_unet(unet, adapters: list[str]):
+    """A plain copy of a peft-adapted UNet with `adapters` merged into its weights at their current
+    scales (peft's LoraLayer.merge) and every LoRA layer replaced by its base layer: the starting
+    point of a full-UNet student. The original is not touched."""
+    import copy
+
+    from peft.tuners.lora import LoraLayer
+
+    fused = copy.deepcopy(unet)
+    layers = [(name, module) for name, module in fused.named_modules() if isinstance(module, LoraLayer)]
+    for name, module in layers:
+        present = [a for a in adapters if a in module.lora_A or a in getattr(module, "lora_embedding_A", {})]
+        if present:
+            module.merge(adapter_names=present)
+        parent_name, _, child = name.rpartition(".")
+        setattr(fused.get_submodule(parent_name) if parent_name else fused, child, module.get_base_layer())
+    fused.__dict__.pop("peft_config", None)
+    fused._hf_peft_config_loaded = False
+    return fused

@@ -61,6 +61,10 @@ class ScoreDistillation:
     fake_learning_rate: float = 1e-4
     fake_updates: int = 1             # fake-score updates per generator update (the alternating ratio)
     with_feedback: bool = False       # add the stage's feedback terms (section 3.3: "and the feedback losses")
+    generator: str = "lora"           # lora, or unet: the dedicated one-step model as a full UNet (initialised
+                                      # from base + LoRA, saved as a diffusers pipeline folder)
+    batch_size: int = 0               # the stage's batch (0 = training.batch_size); DMD's gradient is noisy,
+                                      # so many small steps beat few large ones at equal cost
 
     def validate(self, where: str) -> None:
         _require(0 < self.generator_timestep <= 999, where, "generator_timestep must be in (0, 999]")
@@ -68,6 +72,11 @@ class ScoreDistillation:
         _require(self.guidance >= 1 and self.dmd_weight >= 0, where, "need guidance >= 1 and dmd_weight >= 0")
         _require(self.fake_rank >= 1 and self.fake_learning_rate > 0 and self.fake_updates >= 1, where,
                  "fake_rank, fake_updates >= 1 and fake_learning_rate > 0")
+        _require(self.batch_size >= 0, where, "batch_size must be >= 0 (0 = training.batch_size)")
+        _require(self.generator in ("lora", "unet"), where, f"generator must be lora or unet, got {self.generator!r}")
+        _require(self.generator == "lora" or self.generator_timestep != 999, where,
+                 "the unified model (generator_timestep 999) is a LoRA; a full-UNet generator is the dedicated "
+                 "one-step model (e.g. generator_timestep 800)")
 
 
 @dataclass
@@ -99,8 +108,14 @@ class Stage:
         _require(self.learning_rate > 0, where, "learning_rate must be > 0")
         _require(min(self.mse_weight, self.huber_weight, self.adversarial_weight) >= 0, where,
                  "loss weights must be >= 0")
-        _require(self.mse_weight + self.huber_weight + self.adversarial_weight > 0, where,
-                 "at least one loss weight must be > 0")
+        _require(self.method == "dmd" or self.mse_weight + self.huber_weight + self.adversarial_weight > 0, where,
+                 "at least one loss weight must be > 0")  # score distillation has dmd_weight besides
+        _require(self.method != "dmd" or self.dmd.dmd_weight + self.mse_weight > 0, where,
+                 "a dmd stage needs dmd.dmd_weight or mse_weight > 0")
+        _require(self.method != "dmd" or self.huber_weight + self.adversarial_weight == 0, where,
+                 "a dmd stage uses mse_weight (the consistency term) only; set huber_weight and adversarial_weight to 0")
+        _require(self.method != "dmd" or self.dmd.generator != "unet" or self.mse_weight == 0, where,
+                 "a full-UNet generator (dmd.generator: unet) has no LoRA consistency target; set mse_weight: 0")
         _require(self.t_end in ("uniform", "edge"), where, f"t_end must be uniform or edge, got {self.t_end!r}")
         _require(self.teacher in ("original", "previous"), where,
                  f"teacher must be original or previous, got {self.teacher!r}")
@@ -208,6 +223,9 @@ class Recipe:
         _require(not (self.training.mixed_precision == "fp16" and any(s.method == "dmd" for s in self.stages)),
                  "training", "dmd stages need mixed_precision no or bf16 (the fake score's update has no fp16 "
                  "loss scaling)")
+        unet_stages = [i for i, s in enumerate(self.stages) if s.method == "dmd" and s.dmd.generator == "unet"]
+        _require(not unet_stages or unet_stages == [len(self.stages) - 1], "stages",
+                 "a full-UNet generator stage (dmd.generator: unet) must be the last stage")
         return self
 
     def to_yaml(self) -> str:

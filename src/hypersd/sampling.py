@@ -7,6 +7,7 @@ own seed so results do not depend on batching. Outputs: PNGs, samples.jsonl, a l
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -88,9 +89,26 @@ def recommended_settings(loras: list[LoraSpec]) -> dict:
     return {}
 
 
-def resolve_settings(given: dict, loras: list[LoraSpec]) -> dict:
-    """What the user gave, else what the LoRA recommends, else the defaults (None = not given)."""
-    chosen = {**SETTING_DEFAULTS, **recommended_settings(loras)}
+def model_settings(model: Path | None) -> dict:
+    """Sampling settings a distilled full-UNet pipeline folder carries (hypersd_inference.json)."""
+    path = Path(model) / "hypersd_inference.json" if model is not None else None
+    if path is None or not path.is_file():
+        return {}
+    try:
+        stored = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    if not isinstance(stored, dict):
+        raise UserError(f"{path} must hold a JSON object of sampling settings")
+    return {key: stored[key] for key in SETTING_DEFAULTS if key in stored}
+
+
+def resolve_settings(given: dict, loras: list[LoraSpec], model: Path | None = None) -> dict:
+    """What the user gave, else what the LoRA (or the model folder) recommends, else the defaults
+    (None = not given)."""
+    chosen = {**SETTING_DEFAULTS, **model_settings(model), **recommended_settings(loras)}
+    if given.get("timesteps") is None and (given.get("steps") is not None or given.get("scheduler") is not None):
+        chosen["timesteps"] = None  # stored custom timesteps belong to the stored steps and scheduler
     chosen.update({key: value for key, value in given.items() if value is not None})
     return chosen
 

@@ -43,8 +43,12 @@ def dmd_loss(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
 
 
 class ScoreDistillationStep:
-    def __init__(self, model, stage, student, target, fake_optimizer, feedback=None):
+    """generator_model: the model the generator runs on when it is not the student LoRA on `model`
+    (dmd.generator: unet, a full trainable UNet beside the frozen base; see SDAdapter.with_unet)."""
+
+    def __init__(self, model, stage, student, target, fake_optimizer, feedback=None, generator_model=None):
         self.model, self.stage, self.cfg, self.student = model, stage, stage.dmd, student
+        self.generator = generator_model or model
         self.fake_optimizer, self.feedback = fake_optimizer, feedback
         self.consistency = TSCD(model, stage, student=student, target=target) if stage.mse_weight > 0 else None
         self.ac = model.alphas_cumprod.to(model.device)
@@ -68,9 +72,9 @@ class ScoreDistillationStep:
         parts = {}
         for _ in range(cfg.fake_updates):
             with torch.no_grad():
-                sample = generate_x0(m, self.student, torch.randn_like(x0), cfg.generator_timestep, cond)
+                sample = generate_x0(self.generator, self.student, torch.randn_like(x0), cfg.generator_timestep, cond)
             parts["fake"] = self.update_fake(sample, cond)
-        x = generate_x0(m, self.student, noise, cfg.generator_timestep, cond)
+        x = generate_x0(self.generator, self.student, noise, cfg.generator_timestep, cond)
         t, eps = self._times(x.shape[0], x.device), torch.randn_like(x)
         x_t = m.add_noise(x.detach(), eps, t)
         with torch.no_grad():

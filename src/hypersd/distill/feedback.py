@@ -36,10 +36,14 @@ def refl_stop_index(timesteps: list[int], t_left: int, t_right: int, generator=N
     return inside[int(torch.randint(len(inside), (1,), generator=generator))]
 
 
-def refl_x0(model, student, cond, shape, steps: int, t_left: int, t_right: int) -> torch.Tensor:
-    """ReFL's image: sample without gradient down to a random step, then predict x0 with gradient."""
+def refl_x0(model, student, cond, shape, steps: int, t_left: int, t_right: int,
+            first_timestep: int | None = None) -> torch.Tensor:
+    """ReFL's image: sample without gradient down to a random step, then predict x0 with gradient.
+    first_timestep: one-step generators read pure noise as x_{t_g} (t_g = 800 for the dedicated model)."""
     ac = model.alphas_cumprod.to(model.device)
     timesteps = trailing_timesteps(steps, model.num_train_timesteps)
+    if first_timestep is not None and steps == 1:
+        timesteps = [first_timestep]
     stop = refl_stop_index(timesteps, t_left, t_right)
     x = torch.randn(shape, device=model.device)
     n = shape[0]
@@ -92,13 +96,15 @@ def pretrain_loss(model, student, latents, cond) -> torch.Tensor:
 class FeedbackLearning:
     """A feedback stage's losses: the student adapters (TSCD LoRA + trainable feedback LoRA) are tuned."""
 
-    def __init__(self, model, stage, student, seed: int = 0, shapes_data: bool = True):
+    def __init__(self, model, stage, student, seed: int = 0, shapes_data: bool = True,
+                 first_timestep: int | None = None):
         from hypersd.assets import SEGMENTER
         from hypersd.errors import UserError
         from hypersd.rewards import load_reward
         from hypersd.rewards.segmenter import ShapesSegmenter
 
         self.model, self.cfg, self.student, self.seed = model, stage.feedback, student, seed
+        self.first_timestep = first_timestep
         self.rewards = [load_reward(spec).to(model.device) for spec in self.cfg.rewards] if self.cfg.reward_weight > 0 else []
         self.segmenter = None
         if self.cfg.perceptual_weight > 0:
@@ -122,7 +128,8 @@ class FeedbackLearning:
         parts, total = {}, torch.zeros((), device=x0.device)
         if self.rewards:
             sub = cond.index(slice(0, n))
-            latents = refl_x0(m, self.student, sub, (n, *x0.shape[1:]), cfg.sampling_steps, cfg.t_left, cfg.t_right)
+            latents = refl_x0(m, self.student, sub, (n, *x0.shape[1:]), cfg.sampling_steps, cfg.t_left, cfg.t_right,
+                              self.first_timestep)
             aesthetic, scores = aesthetic_loss(m.decode_latents(latents), list(captions[:n]), self.rewards,
                                                cfg.reward_alpha)
             parts["aesthetic"] = aesthetic

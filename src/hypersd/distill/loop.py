@@ -26,6 +26,7 @@ from hypersd.distill.feedback import FeedbackLearning
 from hypersd.distill.tscd import STUDENT, TARGET, TEACHER, TSCD
 
 FEEDBACK = "feedback"
+INFERENCE_FILE = "hypersd_inference.json"  # sampling settings of a saved full-UNet pipeline folder
 from hypersd.errors import UserError
 from hypersd.lora import add_lora, load_into_adapter, save_lora
 from hypersd.progress import progress
@@ -97,6 +98,7 @@ class Run:
             self.d_optimizer = torch.optim.AdamW(self.discriminator.parameters(), lr=d.learning_rate,
                                                  betas=(d.beta1, d.beta2), weight_decay=0.0)
         self.log_file = None
+        self.generator = None  # the full UNet of a dmd stage with generator: unet (built at its start)
 
     # ---------------------------------------------------------------- bookkeeping
     def log(self, record: dict) -> None:
@@ -122,9 +124,26 @@ class Run:
         return [p for k, p in self.model.unet.named_parameters() if f".{name}." in k and "lora_" in k]
 
     def _student_parameters(self, index: int | None = None) -> list[torch.nn.Parameter]:
-        """What a stage trains: the feedback LoRA in a feedback stage, else the student LoRA."""
+        """What a stage trains: the feedback LoRA in a feedback stage, the full UNet of a full-UNet
+        generator stage, else the student LoRA."""
+        if index is not None and self._trains_unet(index):
+            return list(self._generator_unet(index).parameters())
         method = self.recipe.stages[index].method if index is not None else "tscd"
         return self._adapter_parameters(FEEDBACK if method == "feedback" else STUDENT)
+
+    def _trains_unet(self, index: int) -> bool:
+        stage = self.recipe.stages[index]
+        return stage.method == "dmd" and stage.dmd.generator == "unet"
+
+    def _generator_unet(self, index: int):
+        """The full-UNet student: base + the student's LoRAs (feedback at its merge ratio) fused into a
+        copy; on resume its trained weights then come from the checkpoint."""
+        from hypersd.lora import fused_unet
+
+        if self.generator is None:
+            self._set_feedback_scale(index)
+            self.generator = fused_unet(self.model.unet, self._roles(index)[0]).requires_grad_(True)
+        return self.generator
 
     def _roles(self, index: int) -> tuple[list[str], list[str]]:
         """Adapters active as (student, target) in stage `index`: a trained feedback LoRA joins both."""
@@ -186,6 +205,8 @@ class Run:
             start = position["step"] if resuming else 0
             if resuming and self._needs_teacher_adapter(index) and start > 0:
                 self._add_teacher_adapter()  # its weights come from the checkpoint
+            if resuming and self._trains_unet(index):  # the full UNet is fused from the restored student LoRAs
+                restore_checkpoint(self.out / "checkpoint", self.model.unet)
             optimizer = self.accelerator.prepare(
                 torch.optim.AdamW(self._student_parameters(index), lr=stage.learning_rate, weight_decay=0.0))
             if resuming:
@@ -217,6 +238,7 @@ class Run:
         trained = {id(p) for p in params}
         frozen = [p for name in self._roles(index)[0] for p in self._adapter_parameters(name) if id(p) not in trained]
         label = f"stage {index + 1}/{len(self.recipe.stages)} {stage_name(stage)}"
+        batch = stage.dmd.batch_size if stage.method == "dmd" and stage.dmd.batch_size else rec.batch_size
         bar = progress(range(start, stage.iterations), desc=label, initial=start, total=stage.iterations)
         ran, recent, tick = 0, [], time.time()
         for step in bar:
@@ -224,7 +246,7 @@ class Run:
                 return False, ran
             for _ in range(rec.gradient_accumulation):
                 with acc.accumulate(unet), acc.autocast():
-                    x0, captions = pool.draw(rec.batch_size)
+                    x0, captions = pool.draw(batch)
                     x0 = x0.to(acc.device)
                     cond = self.model.encode_prompts(captions)
                     parts = method.losses(x0, cond, self.model.unconditional(len(captions)), captions)
@@ -267,11 +289,13 @@ class Run:
             return method
         if stage.method == "dmd":
             feedback = None
-            if stage.dmd.with_feedback:
-                feedback = FeedbackLearning(self.model, stage, student, seed=self.recipe.data.seed + index,
-                                            shapes_data=shapes)
+            generator = self.model.with_unet(self._generator_unet(index)) if self._trains_unet(index) else None
+            if stage.dmd.with_feedback:  # ReFL images start where the generator does: noise at t_g
+                feedback = FeedbackLearning(generator or self.model, stage, student, seed=self.recipe.data.seed + index,
+                                            shapes_data=shapes, first_timestep=stage.dmd.generator_timestep)
                 feedback.step = start
-            return ScoreDistillationStep(self.model, stage, student, target, self.fake_optimizer, feedback)
+            return ScoreDistillationStep(self.model, stage, student, target, self.fake_optimizer, feedback,
+                                         generator_model=generator)
         return TSCD(self.model, stage, self.discriminator if stage.adversarial_weight > 0 else None,
                     student=student, target=target)
 
@@ -280,6 +304,8 @@ class Run:
         optimizers, modules = {"student": optimizer}, {}
         if self.fake_optimizer is not None:
             optimizers["fake"] = self.fake_optimizer
+        if self.generator is not None:
+            modules["generator"] = self.generator
         if self.discriminator is not None:
             optimizers["discriminator"] = self.d_optimizer
             modules["discriminator"] = self.discriminator
@@ -294,8 +320,13 @@ class Run:
     def _finish_stage(self, index: int, stage: Stage) -> dict:
         name = stage_name(stage)
         path = self.out / "loras" / f"tscd-{name}.safetensors"
+        if self._trains_unet(index):
+            path = self.out / f"{name}-unet"
         if self.accelerator.is_main_process:
-            self._save_student(index, stage, path)
+            if self._trains_unet(index):
+                self._save_pipeline(stage, path)
+            else:
+                self._save_student(index, stage, path)
             self._sample_grid(index, stage)
         # the next stage starts at step 0 of stage index + 1
         if index + 1 < len(self.recipe.stages):
@@ -325,6 +356,34 @@ class Run:
         merge_lora_files(student_file, feedback_file, path, ratio)
         student_file.unlink()
 
+    def _generator_pipeline(self, original_scheduler: bool = False):
+        """The teacher's pipeline with the full-UNet student in place of its UNet (shared modules)."""
+        import diffusers
+
+        pipe = self.model.pipe
+        config = getattr(pipe, "hypersd_scheduler_config", None) or dict(pipe.scheduler.config)
+        components = {**pipe.components, "unet": self.generator}
+        if "requires_safety_checker" in pipe.config:
+            components["requires_safety_checker"] = pipe.config.requires_safety_checker
+        if original_scheduler:  # sampling replaces the pipeline's scheduler; save the model's own
+            components["scheduler"] = getattr(diffusers, config["_class_name"]).from_config(config)
+        other = type(pipe)(**components)
+        other.hypersd_scheduler_config = config
+        other.set_progress_bar_config(disable=True)
+        return other
+
+    def _save_pipeline(self, stage: Stage, folder: Path) -> None:
+        """A full-UNet student as a complete diffusers pipeline folder (safetensors), its sampling
+        settings in hypersd_inference.json (read by `hypersd sample --model FOLDER`)."""
+        import shutil
+
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self._generator_pipeline(original_scheduler=True).save_pretrained(tmp, safe_serialization=True)
+        (tmp / INFERENCE_FILE).write_text(json.dumps(stage_inference(stage), indent=2))
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+
     @torch.no_grad()
     def _sample_grid(self, index: int, stage: Stage) -> None:
         from hypersd.prompts import standard_prompts
@@ -341,7 +400,8 @@ class Run:
         self.model.unet.set_adapter(self._roles(index)[0])
         if stage.method == "feedback":  # sample what the file holds: the feedback LoRA at the merge ratio
             self._scale_feedback(stage.feedback.merge_ratio)
-        images = generate(self.model.pipe, prompts, settings)
+        pipe = self._generator_pipeline() if self._trains_unet(index) else self.model.pipe
+        images = generate(pipe, prompts, settings)
         if stage.method == "feedback":
             self._scale_feedback(1.0)
         set_rng_state(state)

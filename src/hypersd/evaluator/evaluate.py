@@ -34,6 +34,7 @@ REAL_SEED = 31337
 class Row:
     label: str
     settings: SampleSettings
+    model: Path | None = None  # another pipeline folder (a distilled full UNet); None: the evaluated model
 
 
 @torch.no_grad()
@@ -75,11 +76,14 @@ def evaluate(model: Path, rows: list[Row], prompts: list[str], detector_dir: Pat
     reference_settings = SampleSettings(steps=REFERENCE_STEPS, scheduler=REFERENCE_SCHEDULER,
                                         guidance=TEACHER_GUIDANCE, seed=seed)
     reference, reference_seconds = _reference_images(pipe, out, prompts, seeds, reference_settings)
-    results = []
+    results, teacher_pipe, other = [], pipe, (None, None)  # one other model folder loaded at a time
     for row in rows:
         start = time.time()
+        if row.model is not None and other[0] != Path(row.model).resolve():
+            other = (Path(row.model).resolve(), load_pipeline(row.model))
+        pipe = teacher_pipe if row.model is None else other[1]
         apply_loras(pipe, row.settings.loras)
-        if _same(row.settings, reference_settings):
+        if row.model is None and _same(row.settings, reference_settings):
             images, seconds = reference, reference_seconds
         else:
             images = generate(pipe, prompts, row.settings, seeds, progress_desc=row.label)
@@ -92,7 +96,8 @@ def evaluate(model: Path, rows: list[Row], prompts: list[str], detector_dir: Pat
         (folder / "judgements.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
         if extra_scores is not None:
             metrics["extra"] = extra_scores(images, prompts)
-        entry = {"label": row.label, **row.settings.record(), **metrics,
+        entry = {"label": row.label, **row.settings.record(), **({"model": str(row.model)} if row.model else {}),
+                 **metrics,
                  "sample_seconds": round(seconds, 1), "samples": str(folder.relative_to(out))}
         results.append(entry)
         log(f"{row.label}: ShapesEval {metrics['shapes_eval']['overall']:.3f}  FD {metrics['fd']:.2f}"

@@ -9,6 +9,7 @@ implemented here; SDXL adds pooled embeddings and size conditioning behind the s
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -45,6 +46,12 @@ class SDAdapter:
         self.alphas_cumprod = pipe.scheduler.alphas_cumprod.clone().float()
         self.num_train_timesteps = pipe.scheduler.config.num_train_timesteps
         self._uncond_cache: dict = {}
+
+    def with_unet(self, unet) -> "SDAdapter":
+        """The same model (text encoder, VAE, schedule, pipeline) calling another UNet: a full-UNet student."""
+        other = copy.copy(self)
+        other.unet = unet
+        return other
 
     @property
     def device(self) -> torch.device:
