@@ -13,7 +13,8 @@ LoRAs and trains, with the feedback and DMD stages of configs/hyper-sd.yaml:
     python bench/hyper_tables.py            # 600 prompts; writes bench/results/hyper_tables.{json,md,png}
     python bench/hyper_tables.py --quick    # tiny budgets, to check the script end to end
 
-Every row also gets the reward scores (clean-image reward, segmenter agreement with the prompt).
+Every row also gets the reward scores (clean-image and presence rewards, segmenter agreement with
+the prompt). `python bench/hyper_tables.py --rewrite` rewrites the markdown from the stored JSON.
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ def rows_for(runs: dict[str, Path], tscd_run: Path) -> list[Row]:
     # Table 4: the unified LoRA at 1-8 steps, TCD at two etas
     rows += [lora_row(f"unified @{s} eta {eta:g}", unified, s, eta=eta) for eta in (0.3, 1.0) for s in (1, 2, 4, 8)]
     # Tables 3 (with feedback) and 5: one step
-    rows += [lora_row("DMD alone @1", phase_lora(runs["dmd-base"], "unified"), 1),
+    rows += [lora_row("TSCD (no DMD) @1", final_lora(tscd_run), 1, "ddim-trailing", None),
+             lora_row("DMD alone @1", phase_lora(runs["dmd-base"], "unified"), 1),
              lora_row("TCD-style + DMD @1", phase_lora(runs["tcd-dmd"], "unified"), 1),
              lora_row("TSCD + DMD @1", phase_lora(runs["tscd-dmd"], "unified"), 1)]
     # two and four steps: TSCD with and without feedback (DDIM trailing, as TSCD LoRAs sample)
@@ -94,8 +96,17 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=600)
     parser.add_argument("--n-real", type=int, default=2000)
     parser.add_argument("--quick", action="store_true", help="tiny budgets; results go to *-quick files")
+    parser.add_argument("--rewrite", action="store_true", help="only rewrite the markdown from the stored JSON")
     args = parser.parse_args()
     suffix = "-quick" if args.quick else ""
+    if args.rewrite:
+        import json
+
+        from common import RESULTS
+
+        summary = json.loads((RESULTS / f"hyper_tables{suffix}.json").read_text())
+        write_results(f"hyper_tables{suffix}", summary, markdown(summary))
+        return
     if args.quick:
         args.prompts, args.n_real = min(args.prompts, 24), min(args.n_real, 100)
     tscd_run, tcd_run = RUNS / f"tscd{suffix}", RUNS / f"tcd{suffix}"
@@ -119,8 +130,10 @@ def markdown(summary: dict) -> str:
     lines = ["# Feedback learning, score distillation and the unified LoRA (Hyper-SD Tables 3-5 analogue)", "",
              f"Teacher `{summary['model']}`, {summary['prompts']} ShapesEval prompts, FD against "
              f"{summary['real_images']} real renders, PSNR against the teacher's 50-step DDIM sample "
-             f"(guidance {TEACHER_GUIDANCE:g}). Distilled rows: no guidance. Rewards: `shapes_clean` (0-10, the "
-             "clean-image reward), `segmenter_agreement` (segmented instances = the objects the prompt names).",
+             f"(guidance {TEACHER_GUIDANCE:g}). Distilled rows: no guidance. Rewards (what feedback learning "
+             "optimises): `shapes_clean` (0-10, the clean-image reward), `shapes_presence` (0-10, the named "
+             "objects are there and nothing else), `segmenter_agreement` (fraction of images whose segmented "
+             "instances are exactly the objects the prompt names).",
              "", markdown_table(summary), "", "Training (recipe stages from configs/hyper-sd.yaml):", ""]
     for name, metrics in summary["training"].items():
         init = Path(metrics["init_lora"]).parent.parent.name if metrics.get("init_lora") else "base model"

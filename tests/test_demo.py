@@ -25,8 +25,11 @@ def test_demo_report_on_a_tiny_model(tiny_pipeline_dir, tiny_evaluator_dir, tmp_
 
 
 def test_demo_distills_and_adds_the_lora_rows(tiny_pipeline_dir, tiny_evaluator_dir, tmp_path):
+    from hypersd.assets import ROOT
+
     report = run_demo(tmp_path, n_prompts=8, n_real=16, model=tiny_pipeline_dir, evaluator=tiny_evaluator_dir,
-                      steps=(1, 50), recipe=DEMO_RECIPE, recipe_overrides=TINY, log=lambda *_: None)
+                      steps=(1, 50), recipe=ROOT / "configs" / "demo-tscd.yaml", recipe_overrides=TINY,
+                      log=lambda *_: None)
     summary = json.loads((tmp_path / "metrics.json").read_text())
     labels = [r["label"] for r in summary["rows"]]
     assert labels == ["teacher DDIM @1", "teacher DDIM @50", "TSCD @1", "TSCD @2", "TSCD @4", "TSCD @8",
@@ -42,15 +45,15 @@ def test_demo_distills_and_adds_the_lora_rows(tiny_pipeline_dir, tiny_evaluator_
 
 
 def test_demo_with_the_full_recipe_adds_the_unified_rows(tiny_pipeline_dir, tiny_evaluator_dir, tmp_path):
-    from hypersd.assets import ROOT
-
+    assert DEMO_RECIPE.name == "demo-hyper.yaml"  # `make demo` runs the full recipe
     overrides = TINY + ["stages.4.iterations=2", "stages.5.iterations=2", "stages.4.feedback.batch_size=2",
                         "stages.5.feedback.batch_size=2", "stages.5.dmd.fake_rank=2", "stages.4.feedback.rank=2"]
     run_demo(tmp_path, n_prompts=8, n_real=16, model=tiny_pipeline_dir, evaluator=tiny_evaluator_dir,
-             steps=(1, 50), recipe=ROOT / "configs" / "demo-hyper.yaml", recipe_overrides=overrides,
+             steps=(1, 50), recipe=DEMO_RECIPE, recipe_overrides=overrides,
              log=lambda *_: None)
     summary = json.loads((tmp_path / "metrics.json").read_text())
     unified = [r for r in summary["rows"] if r["label"].startswith("Hyper-SD unified")]
     assert [r["steps"] for r in unified] == [1, 2, 4, 8]
     assert all(r["scheduler"] == "tcd" and r["eta"] == 0.3 for r in unified)
     assert sorted(summary["distill"]["stages"]) == ["feedback", "k1", "k2", "k4", "k8", "unified"]
+    assert "TSCD + feedback @4" in [r["label"] for r in summary["rows"]]

@@ -10,7 +10,7 @@ TEACHER = ASSETS / "tiny-sd"
 EVALUATOR = ASSETS / "shapes-evaluator"
 SEGMENTER = ASSETS / "shapes-segmenter"  # perceptual model of feedback learning; not the evaluator
 STANDARD_PROMPTS = ASSETS / "prompts" / "shapes-eval-600.txt"
-DEMO_RECIPE = ROOT / "configs" / "demo-tscd.yaml"
+DEMO_RECIPE = ROOT / "configs" / "demo-hyper.yaml"
 
 # Classifier-free guidance scale at which the shipped teacher is evaluated (its 50-step DDIM
 # reference, the teacher rows of every table, and the teacher target of distillation).

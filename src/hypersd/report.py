@@ -98,10 +98,11 @@ def run_demo(out: Path, n_prompts: int = 600, n_real: int = 2000, model: Path = 
     rows = teacher_rows(steps)
     distill = None
     if recipe is not None:
-        from hypersd.distill.rows import distilled_rows, unified_rows
+        from hypersd.distill.rows import distilled_rows, feedback_rows, unified_rows
 
         distill = distill_for_demo(recipe, model, out, recipe_overrides, log=log)
-        rows += distilled_rows(out / "tscd", "TSCD", per_stage=True) + unified_rows(out / "tscd")
+        run = out / "tscd"
+        rows += distilled_rows(run, "TSCD", per_stage=True) + feedback_rows(run) + unified_rows(run)
     prompts = standard_prompts()[:n_prompts]
     summary = evaluate(model, rows, prompts, evaluator, out, n_real=n_real, log=log)
     summary["distill"] = distill

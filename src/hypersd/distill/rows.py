@@ -55,3 +55,12 @@ def unified_rows(run: Path, label: str = "Hyper-SD unified", steps=(1, 2, 4, 8),
     return [Row(f"{label} @{s}" + (f" eta {eta:g}" if suffix else ""),
                 SampleSettings(steps=s, scheduler="tcd", guidance=0.0, eta=eta, loras=[LoraSpec(lora)]))
             for eta in etas for s in steps]
+
+
+def feedback_rows(run: Path, label: str = "TSCD + feedback", steps=(4,)) -> list[Row]:
+    """The TSCD LoRA merged with the feedback LoRA (a feedback stage's output), DDIM trailing."""
+    lora = phase_lora(run, "feedback")
+    if lora is None:
+        return []
+    return [Row(f"{label} @{s}", SampleSettings(steps=s, scheduler="ddim-trailing", guidance=0.0,
+                                                 loras=[LoraSpec(lora)])) for s in steps]
