@@ -33,6 +33,7 @@ def rows_for(unified: Path, runs: dict[str, Path]) -> list[Row]:
     one_step = SampleSettings(steps=1, scheduler="lcm", guidance=0.0, timesteps=[800])
     return [Row("unified @1 (TCD, eta 0.3)", SampleSettings(steps=1, scheduler="tcd", guidance=0.0, eta=0.3,
                                                            loras=[LoraSpec(unified)])),
+            Row("unified @1 (LCM, t 800; control: no one-step training)", replace(one_step, loras=[LoraSpec(unified)])),
             Row("one-step LoRA @1 (LCM, t 800)", replace(one_step, loras=[LoraSpec(phase_lora(runs["one-step-lora"],
                                                                                              "one-step-t800"))])),
             Row("one-step full UNet @1 (LCM, t 800)", one_step, model=runs["one-step-unet"] / "one-step-t800-unet")]
