@@ -222,3 +222,77 @@ def test_fused_unet_equals_the_adapted_unet_and_has_no_adapters(tiny_pipeline_di
     torch.testing.assert_close(unet(x, t, cond).sample, expected, rtol=0, atol=0)  # the original is untouched
     assert not torch.allclose(fused(x, t, cond).sample, StableDiffusionPipeline.from_pretrained(
         tiny_pipeline_dir).unet(x, t, cond).sample, atol=1e-4)  # and the LoRAs did count
+
+
+def test_kohya_export_loads_in_plain_diffusers_with_equal_outputs(tiny_pipeline_dir, tmp_path):
+    """ComfyUI/A1111 layout: lora_unet_* keys, lora_down/lora_up, alpha = (alpha / r) * r per module
+    (alpha 4 at rank 2 here, so a lost alpha would halve the LoRA and fail the comparison)."""
+    from safetensors.torch import load_file
+
+    from hypersd.lora_export import export_kohya
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
+    add_lora(pipe.unet, 2, 4.0, ["to_q", "to_v", "conv1", "time_emb_proj"])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in pipe.unet.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.3)
+    native = save_lora(tmp_path / "native.safetensors", pipe.unet, "student", inference={"steps": 2})
+    kohya = export_kohya(native, tmp_path / "kohya.safetensors")
+    tensors = load_file(kohya)
+    assert all(k.startswith("lora_unet_") for k in tensors)
+    alphas = [v for k, v in tensors.items() if k.endswith(".alpha")]
+    assert alphas and all(float(a) == 4.0 for a in alphas)
+    assert len(alphas) == sum(k.endswith(".lora_down.weight") for k in tensors)
+    assert inference_settings(kohya) == {"steps": 2}
+
+    x, t = torch.randn(1, 4, 8, 8), torch.tensor([500])
+    cond = torch.randn(1, 77, pipe.unet.config.cross_attention_dim)
+    outputs = []
+    for path in (native, kohya):
+        plain = StableDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
+        plain.load_lora_weights(str(path))
+        outputs.append(plain.unet(x, t, cond).sample)
+    base = StableDiffusionPipeline.from_pretrained(tiny_pipeline_dir).unet(x, t, cond).sample
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(outputs[0], base, atol=1e-3)  # the LoRA did something
+
+
+def test_lora_export_command_takes_a_run_folder_and_names_bad_input(tiny_pipeline_dir, tmp_path, capsys,
+                                                                      monkeypatch):
+    import sys
+
+    from safetensors.torch import load_file
+
+    from hypersd.cli import main
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
+    add_lora(pipe.unet, 2, 2.0, ["to_q", "to_v"])
+    run = tmp_path / "run"
+    save_lora(run / "loras" / "tscd-k2.safetensors", pipe.unet, "student")
+    save_lora(run / "loras" / "tscd-k1.safetensors", pipe.unet, "student", inference={"steps": 1})
+
+    def cli(*args):
+        monkeypatch.setattr(sys, "argv", ["hypersd", "lora", "export", *map(str, args)])
+        with pytest.raises(SystemExit) as info:
+            main()
+        return info.value.code or 0, capsys.readouterr()
+
+    code, printed = cli(run, "--out", tmp_path / "k.safetensors")
+    assert code == 0 and "tscd-k1.safetensors" in printed.out  # the final TSCD LoRA (no unified one here)
+    assert all(k.startswith("lora_unet_") for k in load_file(tmp_path / "k.safetensors"))
+    monkeypatch.setattr(sys, "argv", ["hypersd", "sample", "--model", str(tiny_pipeline_dir), "--lora",
+                                      str(tmp_path / "k.safetensors"), "--prompt", "a red circle",
+                                      "--out", str(tmp_path / "s")])
+    with pytest.raises(SystemExit) as info:  # `sample` takes the kohya file too, with its stored settings
+        main()
+    assert (info.value.code or 0) == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "s" / "samples.jsonl").read_text().splitlines()[0])["steps"] == 1
+    code, _ = cli(run, "--format", "diffusers", "--out", tmp_path / "d.safetensors")
+    assert code == 0 and inference_settings(tmp_path / "d.safetensors") == {"steps": 1}
+    code, printed = cli(run, "--format", "onnx", "--out", tmp_path / "x.safetensors")
+    assert code == 2 and "--format must be kohya or diffusers" in printed.err and "Traceback" not in printed.err
+    (tmp_path / "junk.safetensors").write_bytes(b"nope")
+    code, printed = cli(tmp_path / "junk.safetensors", "--out", tmp_path / "y.safetensors")
+    assert code == 2 and "not a safetensors file" in printed.err and not (tmp_path / "y.safetensors").exists()

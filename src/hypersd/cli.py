@@ -242,6 +242,31 @@ def lora_merge(a: Path = typer.Argument(..., help="Base LoRA (e.g. TSCD); its in
     typer.echo(f"wrote {out}")
 
 
+@lora_app.command("export")
+def lora_export(source: Path = typer.Argument(..., help="A LoRA file, or a run folder (its unified LoRA, else "
+                                                       "its final TSCD LoRA)."),
+                out: Path = typer.Option(..., "--out", help="File to write (.safetensors)."),
+                format: str = typer.Option("kohya", "--format", help="kohya (ComfyUI, A1111) or diffusers.")):
+    """Export a LoRA for other tools: kohya layout (lora_unet_* keys with alpha) or diffusers (peft keys)."""
+    from hypersd.distill.rows import final_lora, phase_lora
+    from hypersd.lora import copy_lora
+    from hypersd.lora_export import export_kohya
+    from hypersd.lora_merge import read_lora
+
+    require(format in ("kohya", "diffusers"), f"--format must be kohya or diffusers, got {format!r}")
+    require(out.suffix == ".safetensors", f"--out must end in .safetensors, got {out}")
+    if source.is_dir():
+        require((source / "loras").is_dir(), f"{source} is neither a LoRA file nor a run folder (no loras/)")
+        try:
+            source = phase_lora(source, "unified") or final_lora(source)
+        except FileNotFoundError as exc:
+            raise UserError(str(exc)) from None
+    require_writable_dir(out.parent)
+    read_lora(source)  # a clear error for anything that is not a LoRA file
+    written = export_kohya(source, out) if format == "kohya" else copy_lora(source, out)
+    typer.echo(f"wrote {written} ({format}, from {source})")
+
+
 def _evaluator_dir(path: Optional[Path]) -> Path:
     folder = path or _assets().EVALUATOR
     require((folder / "detector.safetensors").is_file(), f"evaluator not found: {folder}")
