@@ -296,3 +296,35 @@ def test_lora_export_command_takes_a_run_folder_and_names_bad_input(tiny_pipelin
     (tmp_path / "junk.safetensors").write_bytes(b"nope")
     code, printed = cli(tmp_path / "junk.safetensors", "--out", tmp_path / "y.safetensors")
     assert code == 2 and "not a safetensors file" in printed.err and not (tmp_path / "y.safetensors").exists()
+
+
+def test_fused_pipeline_samples_like_the_lora_and_keeps_its_settings(tiny_pipeline_dir, tmp_path, monkeypatch,
+                                                                      capsys):
+    import sys
+
+    from hypersd.cli import main
+    from hypersd.sampling import LoraSpec, SampleSettings, apply_loras, generate, load_pipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
+    add_lora(pipe.unet, 2, 4.0, ["to_q", "to_v", "conv1"])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in pipe.unet.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.3)
+    lora = save_lora(tmp_path / "l.safetensors", pipe.unet, "student",
+                     inference={"scheduler": "tcd", "steps": 2, "eta": 0.3, "guidance": 0.0})
+    monkeypatch.setattr(sys, "argv", ["hypersd", "lora", "fuse", "--model", str(tiny_pipeline_dir), "--lora",
+                                      f"{lora}:0.8", "--out", str(tmp_path / "fused")])
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert (info.value.code or 0) == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "fused" / "hypersd_inference.json").read_text())["scheduler"] == "tcd"
+    settings = SampleSettings(steps=2, scheduler="tcd", eta=0.3)
+    with_lora = load_pipeline(tiny_pipeline_dir)
+    apply_loras(with_lora, [LoraSpec(lora, 0.8)])
+    expected = generate(with_lora, ["a red circle", "two blue squares"], settings).astype(int)
+    fused = generate(load_pipeline(tmp_path / "fused"), ["a red circle", "two blue squares"], settings).astype(int)
+    assert abs(fused - expected).max() <= 1  # uint8 images, equal up to rounding
+    plain = generate(load_pipeline(tiny_pipeline_dir), ["a red circle", "two blue squares"], settings).astype(int)
+    assert abs(plain - expected).max() > 8  # and the LoRA mattered

@@ -267,6 +267,22 @@ def lora_export(source: Path = typer.Argument(..., help="A LoRA file, or a run f
     typer.echo(f"wrote {written} ({format}, from {source})")
 
 
+@lora_app.command("fuse")
+def lora_fuse(model: Path = typer.Option(..., help="Diffusers pipeline folder."),
+              lora: list[str] = typer.Option(..., help="LoRA file, FILE or FILE:SCALE; repeatable."),
+              out: Path = typer.Option(..., "--out", help="Pipeline folder to write.")):
+    """Write a full pipeline with the LoRA(s) fused into the UNet; the first LoRA's sampling settings
+    go with it (hypersd_inference.json, applied by `hypersd sample --model OUT`)."""
+    from hypersd.lora_fuse import fuse_into_pipeline
+    from hypersd.sampling import LoraSpec
+
+    specs = [LoraSpec.parse(x) for x in lora]
+    for spec in specs:
+        require(spec.path.is_file(), f"LoRA file not found: {spec.path}")
+    require_writable_dir(out.parent)
+    typer.echo(f"wrote {fuse_into_pipeline(model, specs, out)}")
+
+
 def _evaluator_dir(path: Optional[Path]) -> Path:
     folder = path or _assets().EVALUATOR
     require((folder / "detector.safetensors").is_file(), f"evaluator not found: {folder}")

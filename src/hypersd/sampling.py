@@ -75,6 +75,7 @@ class SampleSettings:
         }
 
 
+INFERENCE_FILE = "hypersd_inference.json"  # sampling settings a distilled or fused pipeline folder carries
 SETTING_DEFAULTS = {"steps": 4, "scheduler": "ddim-trailing", "guidance": 0.0, "eta": None, "timesteps": None}
 
 
@@ -91,7 +92,7 @@ def recommended_settings(loras: list[LoraSpec]) -> dict:
 
 def model_settings(model: Path | None) -> dict:
     """Sampling settings a distilled full-UNet pipeline folder carries (hypersd_inference.json)."""
-    path = Path(model) / "hypersd_inference.json" if model is not None else None
+    path = Path(model) / INFERENCE_FILE if model is not None else None
     if path is None or not path.is_file():
         return {}
     try:

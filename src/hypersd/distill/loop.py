@@ -26,7 +26,6 @@ from hypersd.distill.feedback import FeedbackLearning
 from hypersd.distill.tscd import STUDENT, TARGET, TEACHER, TSCD
 
 FEEDBACK = "feedback"
-INFERENCE_FILE = "hypersd_inference.json"  # sampling settings of a saved full-UNet pipeline folder
 from hypersd.errors import UserError
 from hypersd.lora import add_lora, load_into_adapter, save_lora
 from hypersd.progress import progress
@@ -380,6 +379,8 @@ class Run:
         tmp = folder.with_name(folder.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         self._generator_pipeline(original_scheduler=True).save_pretrained(tmp, safe_serialization=True)
+        from hypersd.sampling import INFERENCE_FILE
+
         (tmp / INFERENCE_FILE).write_text(json.dumps(stage_inference(stage), indent=2))
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
