@@ -366,6 +366,41 @@ def sample(model: Path = typer.Option(..., help="Diffusers pipeline folder."),
     typer.echo(f"wrote {len(texts)} images to {out} (grid: {out / 'grid.png'})")
 
 
+@app.command()
+def generate(prompt: list[str] = typer.Argument(..., help="Prompt(s)."),
+             base: Path = typer.Option(..., help="Diffusers pipeline folder of the base model."),
+             lora: Optional[list[str]] = typer.Option(None, help="LoRA file (diffusers or kohya), FILE:SCALE; repeatable."),
+             unet: Optional[Path] = typer.Option(None, help="UNet weights (.safetensors, diffusers keys) replacing "
+                                                            "the base's, e.g. a one-step UNet."),
+             steps: Optional[int] = typer.Option(None, help="Sampling steps (default: from the files)."),
+             scheduler: Optional[str] = typer.Option(None, help="Scheduler (default: from the files)."),
+             eta: Optional[float] = typer.Option(None, help="TCD gamma / DDIM eta in [0, 1]."),
+             guidance: Optional[float] = typer.Option(None, help="CFG scale (default: from the files, else 0)."),
+             seed: int = typer.Option(0, help="Seed of the first image."),
+             out: Path = typer.Option(Path("runs/generate"), help="Output folder.")):
+    """Generate with a distilled model. Scheduler, steps, guidance and eta come from the LoRA's metadata,
+    else from the conventions of the released Hyper-SD files (N-step LoRAs: DDIM trailing; 1-step
+    unified LoRA: TCD; 1-step UNet: LCM at timestep 800); options override."""
+    from hypersd.conventions import released_settings
+    from hypersd.sampling import LoraSpec, apply_loras, generate as run_pipeline, load_pipeline, load_unet_file
+    from hypersd.sampling import resolve_settings, write_samples
+
+    specs = [LoraSpec.parse(x) for x in lora or []]
+    given = {"steps": steps, "scheduler": scheduler, "guidance": guidance, "eta": eta, "timesteps": None}
+    chosen = resolve_settings(given, specs, base, fallback=released_settings(unet.name) if unet else None)
+    timesteps_text = ",".join(map(str, chosen["timesteps"])) if chosen["timesteps"] else None
+    settings = _settings(chosen["steps"], chosen["scheduler"], chosen["guidance"], chosen["eta"], seed,
+                         timesteps_text, lora, 125)
+    require_writable_dir(out.parent)
+    pipe = load_pipeline(base)
+    if unet is not None:
+        load_unet_file(pipe, unet)
+    apply_loras(pipe, settings.loras)
+    seeds = [seed + i for i in range(len(prompt))]
+    write_samples(out, run_pipeline(pipe, list(prompt), settings, seeds), list(prompt), seeds, settings)
+    typer.echo(f"wrote {len(prompt)} images to {out} ({settings.scheduler}, {settings.steps} steps)")
+
+
 @app.command("eval")
 def eval_cmd(model: Path = typer.Option(None, help="Diffusers pipeline folder (default: shipped teacher)."),
              lora: Optional[list[str]] = typer.Option(None, help="LoRA file, FILE or FILE:SCALE; repeatable."),

@@ -80,13 +80,18 @@ SETTING_DEFAULTS = {"steps": 4, "scheduler": "ddim-trailing", "guidance": 0.0, "
 
 
 def recommended_settings(loras: list[LoraSpec]) -> dict:
-    """Sampling settings stored in the first LoRA file that has them (see hypersd.lora)."""
+    """Sampling settings stored in the first LoRA file that has them (see hypersd.lora), else those
+    of the first file named like an official Hyper-SD release (hypersd.conventions)."""
+    from hypersd.conventions import released_settings
     from hypersd.lora import inference_settings
 
     for spec in loras:
         stored = inference_settings(spec.path)
         if stored:
             return {key: stored[key] for key in SETTING_DEFAULTS if key in stored}
+    for spec in loras:
+        if released_settings(Path(spec.path).name):
+            return released_settings(Path(spec.path).name)
     return {}
 
 
@@ -104,10 +109,11 @@ def model_settings(model: Path | None) -> dict:
     return {key: stored[key] for key in SETTING_DEFAULTS if key in stored}
 
 
-def resolve_settings(given: dict, loras: list[LoraSpec], model: Path | None = None) -> dict:
-    """What the user gave, else what the LoRA (or the model folder) recommends, else the defaults
-    (None = not given)."""
-    chosen = {**SETTING_DEFAULTS, **model_settings(model), **recommended_settings(loras)}
+def resolve_settings(given: dict, loras: list[LoraSpec], model: Path | None = None,
+                     fallback: dict | None = None) -> dict:
+    """What the user gave, else what the LoRA recommends, else `fallback` (e.g. a one-step UNet
+    file's convention), else the model folder's settings, else the defaults (None = not given)."""
+    chosen = {**SETTING_DEFAULTS, **model_settings(model), **(fallback or {}), **recommended_settings(loras)}
     if given.get("timesteps") is None and (given.get("steps") is not None or given.get("scheduler") is not None):
         chosen["timesteps"] = None  # stored custom timesteps belong to the stored steps and scheduler
     chosen.update({key: value for key, value in given.items() if value is not None})
@@ -157,6 +163,29 @@ def load_pipeline(model: Path, dtype: torch.dtype = torch.float32):
     pipe.set_progress_bar_config(disable=True)
     pipe.hypersd_scheduler_config = dict(pipe.scheduler.config)  # every sampler is built from this
     return pipe
+
+
+def load_unet_file(pipe, path: Path) -> None:
+    """Replace the pipeline's UNet weights with a UNet state dict in diffusers layout (a .safetensors
+    file, e.g. the released one-step UNet); every key must match."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    require(path.is_file(), f"UNet file not found: {path}")
+    require(path.suffix == ".safetensors", f"UNet file must be .safetensors (pickle files are refused): {path}")
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # safetensors raises its own types for a bad header
+        raise UserError(f"cannot read UNet file {path}: not a safetensors file ({type(exc).__name__})") from None
+    own = pipe.unet.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        example = (unexpected or missing)[0]
+        raise UserError(f"UNet file {path} does not fit this model ({len(missing)} keys missing, {len(unexpected)} "
+                        f"unexpected, e.g. {example!r}); it needs diffusers UNet keys of the same architecture")
+    bad = [k for k in own if own[k].shape != state[k].shape]
+    require(not bad, f"UNet file {path}: {bad[:1]} has another shape than this model's UNet")
+    pipe.unet.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
 
 
 def apply_loras(pipe, loras: list[LoraSpec]) -> None:
