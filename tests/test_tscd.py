@@ -149,3 +149,24 @@ def test_accumulation_bf16_and_checkpointing_options_train(tiny_pipeline_dir, tm
     assert any(v.abs().sum() > 0 for k, v in weights.items() if "lora_B" in k)
     losses = [json.loads(x)["loss"] for x in (tmp_path / "opts" / "log.jsonl").read_text().splitlines() if '"loss"' in x]
     assert losses and all(v == v and v < 1e3 for v in losses)
+
+
+def test_v_prediction_models_are_refused_with_one_line(tiny_pipeline_dir, tmp_path, capsys, monkeypatch):
+    """SD2-style v-prediction teachers: TSCD's solver assumes epsilon prediction, so `distill` says so."""
+    import json
+    import shutil
+    import sys
+
+    from hypersd.cli import main
+
+    model = tmp_path / "sd2-like"
+    shutil.copytree(tiny_pipeline_dir, model)
+    config_file = model / "scheduler" / "scheduler_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "prediction_type": "v_prediction"}))
+    monkeypatch.setattr(sys, "argv", ["hypersd", "distill", "--model", str(model), "--out", str(tmp_path / "run"),
+                                      "--set", "stages.0.iterations=1"])
+    with pytest.raises(SystemExit) as info:
+        main()
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "'v_prediction'" in err and "only epsilon-prediction" in err
+    assert "Traceback" not in err and not (tmp_path / "run").exists()  # nothing half-written
