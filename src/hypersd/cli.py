@@ -474,12 +474,19 @@ def distill(recipe: Optional[Path] = typer.Option(None, help="YAML recipe (defau
         return
     require(device in ("auto", "cpu", "cuda"), f"--device must be auto, cpu or cuda, got {device!r}")
     model = require_model_folder(model or _assets().TEACHER)
+    created = not out.exists()
     require_writable_dir(out)
     if not resume and (out / "checkpoint").exists():
         raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     from hypersd.distill.loop import Run
 
-    metrics = Run(resolved, model, out, device=device, init_lora=init_lora).train(resume=resume)
+    try:
+        run = Run(resolved, model, out, device=device, init_lora=init_lora)
+    except UserError:  # a model or LoRA we cannot use: leave no empty run folder behind
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+    metrics = run.train(resume=resume)
     for name, stage in metrics["stages"].items():
         typer.echo(f"{name}: {stage['lora']}")
     typer.echo(f"run: {out}")
