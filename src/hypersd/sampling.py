@@ -90,8 +90,9 @@ def recommended_settings(loras: list[LoraSpec]) -> dict:
         if stored:
             return {key: stored[key] for key in SETTING_DEFAULTS if key in stored}
     for spec in loras:
-        if released_settings(Path(spec.path).name):
-            return released_settings(Path(spec.path).name)
+        named = released_settings(Path(spec.path).name)
+        if named:
+            return named
     return {}
 
 
@@ -186,6 +187,24 @@ def load_unet_file(pipe, path: Path) -> None:
     bad = [k for k in own if own[k].shape != state[k].shape]
     require(not bad, f"UNet file {path}: {bad[:1]} has another shape than this model's UNet")
     pipe.unet.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+
+
+def save_pipeline(pipe, folder: Path, settings: dict | None = None) -> Path:
+    """Save `pipe` as a diffusers folder (safetensors) with the model's own scheduler (sampling swaps
+    in others) and, if given, its sampling settings in INFERENCE_FILE; atomically."""
+    import diffusers
+
+    config = getattr(pipe, "hypersd_scheduler_config", None) or dict(pipe.scheduler.config)
+    pipe.scheduler = getattr(diffusers, config["_class_name"]).from_config(config)
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    if settings:
+        (tmp / INFERENCE_FILE).write_text(json.dumps(settings, indent=2))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
 
 
 def apply_loras(pipe, loras: list[LoraSpec]) -> None:

@@ -355,35 +355,23 @@ class Run:
         merge_lora_files(student_file, feedback_file, path, ratio)
         student_file.unlink()
 
-    def _generator_pipeline(self, original_scheduler: bool = False):
+    def _generator_pipeline(self):
         """The teacher's pipeline with the full-UNet student in place of its UNet (shared modules)."""
-        import diffusers
-
         pipe = self.model.pipe
-        config = getattr(pipe, "hypersd_scheduler_config", None) or dict(pipe.scheduler.config)
         components = {**pipe.components, "unet": self.generator}
         if "requires_safety_checker" in pipe.config:
             components["requires_safety_checker"] = pipe.config.requires_safety_checker
-        if original_scheduler:  # sampling replaces the pipeline's scheduler; save the model's own
-            components["scheduler"] = getattr(diffusers, config["_class_name"]).from_config(config)
         other = type(pipe)(**components)
-        other.hypersd_scheduler_config = config
+        other.hypersd_scheduler_config = getattr(pipe, "hypersd_scheduler_config", None) or dict(pipe.scheduler.config)
         other.set_progress_bar_config(disable=True)
         return other
 
     def _save_pipeline(self, stage: Stage, folder: Path) -> None:
         """A full-UNet student as a complete diffusers pipeline folder (safetensors), its sampling
         settings in hypersd_inference.json (read by `hypersd sample --model FOLDER`)."""
-        import shutil
+        from hypersd.sampling import save_pipeline
 
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        self._generator_pipeline(original_scheduler=True).save_pretrained(tmp, safe_serialization=True)
-        from hypersd.sampling import INFERENCE_FILE
-
-        (tmp / INFERENCE_FILE).write_text(json.dumps(stage_inference(stage), indent=2))
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
+        save_pipeline(self._generator_pipeline(), folder, stage_inference(stage))
 
     @torch.no_grad()
     def _sample_grid(self, index: int, stage: Stage) -> None:
