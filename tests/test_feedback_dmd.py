@@ -15,7 +15,6 @@ from hypersd.errors import UserError
 from hypersd.lora import inference_settings, read_metadata
 from hypersd.recipe import load_recipe
 from hypersd.rewards.base import RewardModel
-from hypersd.rewards.segmenter import SegmenterConfig, ShapesSegmenter
 
 
 @pytest.mark.parametrize("steps", [1, 2, 3, 4, 8])
@@ -86,14 +85,6 @@ def test_aesthetic_hinge_stops_pushing_above_alpha():
     low, _ = aesthetic_loss(images, ["", ""], [_Constant(3.0)], [5.0])
     high, scores = aesthetic_loss(images, ["", ""], [_Constant(6.0)], [5.0])
     assert low.item() == pytest.approx(2.0) and high.item() == 0.0 and scores["constant"] == 6.0
-
-
-@pytest.fixture(scope="module")
-def segmenter_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("segmenter")
-    ShapesSegmenter(SegmenterConfig(width=8)).save(folder)
-    return folder
 
 
 def _recipe(tmp_path, segmenter_dir, stages, lora="{rank: 2, alpha: 2, targets: [to_q, to_v, conv1]}"):

@@ -16,6 +16,18 @@ from hypersd.progress import progress
 
 
 @dataclass
+class Batch:
+    """One training batch. `time_ids` (n, 6): SDXL's size conditioning per image, in pixels:
+    original height, width, crop top, left, target height, width (None: uncropped at the model's
+    size). `cond`: cached text conditioning (None: the loop encodes the captions)."""
+
+    latents: torch.Tensor
+    captions: list[str]
+    time_ids: torch.Tensor | None = None
+    cond: object | None = None  # hypersd.models.adapter.Conditioning
+
+
+@dataclass
 class LatentPool:
     means: torch.Tensor
     stds: torch.Tensor
@@ -25,11 +37,11 @@ class LatentPool:
     def __len__(self) -> int:
         return len(self.captions)
 
-    def draw(self, batch: int) -> tuple[torch.Tensor, list[str]]:
+    def draw(self, batch: int) -> Batch:
         """A random batch (global torch RNG, so a resumed run draws the same batches)."""
         idx = torch.randint(0, len(self), (batch,))
         latents = self.means[idx] + self.stds[idx] * torch.randn_like(self.means[idx])
-        return latents * self.scaling_factor, [self.captions[i] for i in idx.tolist()]
+        return Batch(latents * self.scaling_factor, [self.captions[i] for i in idx.tolist()])
 
 
 @torch.no_grad()

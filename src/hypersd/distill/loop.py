@@ -7,6 +7,21 @@ Run folder layout:
   loras/tscd-k{k}.safetensors   each stage's LoRA, diffusers format, inference settings in metadata
   samples/k{k}/          grids of each stage's LoRA at its own step count
   metrics.json           per-stage loss and speed
+
+Several processes (`accelerate launch --multi_gpu --num_processes N ... -m hypersd.cli distill ...`,
+configs/accelerate/): data parallelism by explicit gradient averaging (hypersd.distill.parallel),
+not DDP, since one step calls the UNet many times with different adapters and has several
+optimizers. Every process holds the whole model; the LoRA initialisation uses the run's seed on
+every process, so all start equal; then process r > 0 reseeds its stream with seed + r (process 0
+keeps exactly a single-process run's stream), so each draws its own batches, noise and timesteps.
+The gradients of what each optimizer updates (student or feedback LoRA or full UNet, fake score,
+discriminator heads) are averaged over the processes right before it steps (before clipping for
+the student), so weights stay identical; the effective batch is N x training.batch_size. Logged
+losses are means over processes. Only process 0 writes the run folder; checkpoints keep every
+process's random state, so an interrupted run resumed with the same number of processes continues
+every stream exactly (a process without a saved state reseeds from seed, rank and position).
+FSDP, DeepSpeed, Megatron-LM and XLA are refused (they need the model through accelerator.prepare).
+With one process nothing changes numerically.
 """
 
 from __future__ import annotations
@@ -18,11 +33,14 @@ from pathlib import Path
 
 import torch
 
-from hypersd.distill.checkpoint import read_position, restore_checkpoint, rng_state, save_checkpoint, set_rng_state
+from hypersd.distill.checkpoint import (read_position, restore_checkpoint, rng_file, rng_state, save_checkpoint,
+                                       set_rng_state)
 from hypersd.distill.data import build_pool
 from hypersd.distill.ema import copy_adapter
 from hypersd.distill.dmd import FAKE, ScoreDistillationStep
 from hypersd.distill.feedback import FeedbackLearning
+from hypersd.distill.parallel import (average_before_step, average_gradients, gather_objects, mean_over_processes,
+                                      require_supported)
 from hypersd.distill.tscd import STUDENT, TARGET, TEACHER, TSCD
 
 FEEDBACK = "feedback"
@@ -76,6 +94,7 @@ class Run:
         _forget_previous_accelerator()
         self.accelerator = Accelerator(cpu=use_cpu, mixed_precision=recipe.training.mixed_precision,
                                        gradient_accumulation_steps=recipe.training.gradient_accumulation)
+        require_supported(self.accelerator)
         self.model = load_adapter(model_dir, device=self.accelerator.device)
         self.model.freeze_base()
         if recipe.training.gradient_checkpointing:
@@ -96,6 +115,9 @@ class Run:
             self.discriminator = LatentDiscriminator(self.model.unet).to(self.accelerator.device)
             self.d_optimizer = torch.optim.AdamW(self.discriminator.parameters(), lr=d.learning_rate,
                                                  betas=(d.beta1, d.beta2), weight_decay=0.0)
+        for opt in (self.fake_optimizer, self.d_optimizer):  # several processes: average their gradients
+            if opt is not None:
+                opt.register_step_pre_hook(average_before_step)
         self.log_file = None
         self.generator = None  # the full UNet of a dmd stage with generator: unet (built at its start)
 
@@ -184,15 +206,20 @@ class Run:
     # ---------------------------------------------------------------- the stages
     def train(self, resume: bool = False, stop_after: int | None = None) -> dict:
         """Run every stage; `stop_after` optimizer steps in all ends the run early (as a kill would)."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "recipe.yaml").write_text(self.recipe.to_yaml())
-        self.log_file = (self.out / "log.jsonl").open("a")
+        acc = self.accelerator
+        if acc.is_main_process:  # only process 0 writes the run folder
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "recipe.yaml").write_text(self.recipe.to_yaml())
+            self.log_file = (self.out / "log.jsonl").open("a")
+        acc.wait_for_everyone()
         position = read_position(self.out / "checkpoint") if resume else None
         if resume and position is None:
             raise UserError(f"nothing to resume in {self.out} (no checkpoint)")
         torch.manual_seed(self.recipe.training.seed)
         pool = build_pool(self.model.vae, self.recipe.data.source, self.recipe.data.pool_size,
                           self.recipe.data.seed, self.recipe.data.resolution)
+        if acc.process_index > 0:  # its own batches and noise; process 0 keeps the single-process stream
+            torch.manual_seed(self.recipe.training.seed + acc.process_index)
         self.log({"event": "data", "pool": len(pool), "resume": position})
         metrics_file = self.out / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if resume and metrics_file.is_file() else {"stages": {}}
@@ -205,11 +232,14 @@ class Run:
             if resuming and self._needs_teacher_adapter(index) and start > 0:
                 self._add_teacher_adapter()  # its weights come from the checkpoint
             if resuming and self._trains_unet(index):  # the full UNet is fused from the restored student LoRAs
-                restore_checkpoint(self.out / "checkpoint", self.model.unet)
+                restore_checkpoint(self.out / "checkpoint", self.model.unet, rank=acc.process_index)
             optimizer = self.accelerator.prepare(
                 torch.optim.AdamW(self._student_parameters(index), lr=stage.learning_rate, weight_decay=0.0))
             if resuming:
-                restore_checkpoint(self.out / "checkpoint", self.model.unet, *self._state(optimizer))
+                restore_checkpoint(self.out / "checkpoint", self.model.unet, *self._state(optimizer),
+                                   rank=acc.process_index)
+                if not (self.out / "checkpoint" / rng_file(acc.process_index)).is_file():
+                    torch.manual_seed(self._reseed(position))  # written by fewer processes
                 position = None
             if start == 0:
                 self._start_stage(index)
@@ -222,7 +252,15 @@ class Run:
             metrics["stages"][stage_name(stage)] = self._finish_stage(index, stage)
             if self.accelerator.is_main_process:
                 metrics_file.write_text(json.dumps(metrics, indent=2))
+        acc.wait_for_everyone()  # every process returns once the run folder is complete
         return metrics
+
+    def _reseed(self, position: dict) -> int:
+        """A stream for a process that the checkpoint has no random state for: from seed, rank and position."""
+        import hashlib
+
+        key = f"{self.recipe.training.seed}/{self.accelerator.process_index}/{position['stage']}/{position['step']}"
+        return int.from_bytes(hashlib.sha256(key.encode()).digest()[:7], "little")
 
     def _train_stage(self, index: int, stage: Stage, pool, optimizer, start: int, budget: int | None):
         rec, acc, unet = self.recipe.training, self.accelerator, self.model.unet
@@ -238,23 +276,27 @@ class Run:
         frozen = [p for name in self._roles(index)[0] for p in self._adapter_parameters(name) if id(p) not in trained]
         label = f"stage {index + 1}/{len(self.recipe.stages)} {stage_name(stage)}"
         batch = stage.dmd.batch_size if stage.method == "dmd" and stage.dmd.batch_size else rec.batch_size
-        bar = progress(range(start, stage.iterations), desc=label, initial=start, total=stage.iterations)
+        bar = progress(range(start, stage.iterations), desc=label, initial=start, total=stage.iterations,
+                       disable=None if acc.is_main_process else True)
         ran, recent, tick = 0, [], time.time()
         for step in bar:
             if budget is not None and ran >= budget:
                 return False, ran
             for _ in range(rec.gradient_accumulation):
                 with acc.accumulate(unet), acc.autocast():
-                    x0, captions = pool.draw(batch)
-                    x0 = x0.to(acc.device)
-                    cond = self.model.encode_prompts(captions)
-                    parts = method.losses(x0, cond, self.model.unconditional(len(captions)), captions)
+                    drawn = pool.draw(batch)
+                    x0, captions = drawn.latents.to(acc.device), drawn.captions
+                    cond = drawn.cond if drawn.cond is not None else self.model.encode_prompts(
+                        captions, time_ids=drawn.time_ids)
+                    parts = method.losses(x0, cond, self.model.unconditional(cond), captions)
                     loss = parts["loss"]
-                    if not torch.isfinite(loss):
-                        raise UserError(f"loss became {loss.item()} at {stage_name(stage)} step {step}; "
+                    means = mean_over_processes(parts)  # the same on every process: all stop together
+                    if not torch.isfinite(means["loss"]):
+                        raise UserError(f"loss became {means['loss'].item()} at {stage_name(stage)} step {step}; "
                                         f"the last good checkpoint is kept in {self.out / 'checkpoint'}")
                     acc.backward(loss)
                     if acc.sync_gradients:
+                        average_gradients(params)  # several processes: before clipping, as one big batch
                         acc.clip_grad_norm_(params, rec.max_grad_norm)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
@@ -266,10 +308,10 @@ class Run:
                         self.d_optimizer.step()
             method.after_step()
             ran += 1
-            recent = (recent + [loss.item()])[-50:]
+            recent = (recent + [means["loss"].item()])[-50:]
             if step % rec.log_every == 0 or step == stage.iterations - 1:
                 rate = ran / max(time.time() - tick, 1e-9)
-                self.log({"stage": stage_name(stage), "step": step, **{k: v.item() for k, v in parts.items()},
+                self.log({"stage": stage_name(stage), "step": step, **{k: v.item() for k, v in means.items()},
                           "it_per_s": rate})
                 bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
             if (step + 1) % rec.checkpoint_every == 0 or step == stage.iterations - 1:
@@ -283,20 +325,24 @@ class Run:
         student, target = self._roles(index)
         shapes = self.recipe.data.source == "shapes"
         if stage.method == "feedback":
-            method = FeedbackLearning(self.model, stage, student, seed=self.recipe.data.seed + index, shapes_data=shapes)
+            method = FeedbackLearning(self.model, stage, student, seed=self._feedback_seed(index), shapes_data=shapes)
             method.step = start
             return method
         if stage.method == "dmd":
             feedback = None
             generator = self.model.with_unet(self._generator_unet(index)) if self._trains_unet(index) else None
             if stage.dmd.with_feedback:  # ReFL images start where the generator does: noise at t_g
-                feedback = FeedbackLearning(generator or self.model, stage, student, seed=self.recipe.data.seed + index,
+                feedback = FeedbackLearning(generator or self.model, stage, student, seed=self._feedback_seed(index),
                                             shapes_data=shapes, first_timestep=stage.dmd.generator_timestep)
                 feedback.step = start
             return ScoreDistillationStep(self.model, stage, student, target, self.fake_optimizer, feedback,
                                          generator_model=generator)
         return TSCD(self.model, stage, self.discriminator if stage.adversarial_weight > 0 else None,
                     student=student, target=target)
+
+    def _feedback_seed(self, index: int) -> int:
+        """The seed of a feedback stage's own annotated images: per stage, and per process."""
+        return self.recipe.data.seed + index + 1000 * self.accelerator.process_index
 
     def _state(self, optimizer) -> tuple[dict, dict]:
         """(optimizers, modules) that a checkpoint holds besides the adapters."""
@@ -311,9 +357,10 @@ class Run:
         return optimizers, modules
 
     def _checkpoint(self, optimizer, index: int, step: int) -> None:
+        states = gather_objects(rng_state())  # every process's stream (all processes call this)
         if self.accelerator.is_main_process:
             save_checkpoint(self.out / "checkpoint", self.model.unet, {"stage": index, "step": step},
-                            *self._state(optimizer))
+                            *self._state(optimizer), rng_states=states)
             self.log({"event": "checkpoint", "stage": index, "step": step})
 
     def _finish_stage(self, index: int, stage: Stage) -> dict:

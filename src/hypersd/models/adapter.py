@@ -2,8 +2,11 @@
 
 The methods are what distillation needs: encode captions, call the UNet as an epsilon predictor
 (guided or not), switch which LoRA adapter is active (the teacher is the same UNet with the
-adapters disabled), and move between images and scaled latents. SD1.5-style pipelines are
-implemented here; SDXL adds pooled embeddings and size conditioning behind the same methods.
+adapters disabled), and move between images and scaled latents. `SDAdapter` serves SD1.x-style
+pipelines (one CLIP text encoder); `SDXLAdapter` adds the second text encoder, the pooled
+embedding and SDXL's size/crop conditioning (Podell et al. 2023, section 2.2) behind the same
+methods, so TSCD, feedback learning and DMD run on either unchanged. Text encoding reuses the
+pipeline's own `encode_prompt`. Models that predict v or x0 (SD2-768 style) are refused.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ class Conditioning:
 class SDAdapter:
     """Stable Diffusion 1.x-style model: one CLIP text encoder, epsilon prediction."""
 
+    text_encoders = ("text_encoder",)
+
     def __init__(self, pipe):
         prediction = pipe.scheduler.config.get("prediction_type", "epsilon")
         if prediction != "epsilon":
@@ -57,22 +62,32 @@ class SDAdapter:
     def device(self) -> torch.device:
         return self.unet.device
 
+    @property
+    def image_size(self) -> int:
+        """The side the model was trained at (pixels): UNet sample size times the VAE factor."""
+        return int(self.unet.config.sample_size) * int(self.pipe.vae_scale_factor)
+
     def freeze_base(self) -> None:
-        for module in (self.unet, self.vae, self.text_encoder):
+        for module in (self.unet, self.vae, *(getattr(self.pipe, name) for name in self.text_encoders)):
             module.requires_grad_(False)
             module.eval()
 
     @torch.no_grad()
-    def encode_prompts(self, prompts: list[str]) -> Conditioning:
+    def encode_prompts(self, prompts: list[str], time_ids: torch.Tensor | None = None) -> Conditioning:
+        """Caption conditioning; `time_ids` (SDXL's size conditioning) is ignored by SD1.x models."""
         ids = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
                              truncation=True, return_tensors="pt").input_ids.to(self.device)
         return Conditioning(self.text_encoder(ids)[0])
 
-    def unconditional(self, batch: int) -> Conditioning:
+    def _empty_prompt(self) -> Conditioning:
         if "" not in self._uncond_cache:
             self._uncond_cache[""] = self.encode_prompts([""])
-        one = self._uncond_cache[""]
-        return Conditioning(one.hidden_states.expand(batch, -1, -1))
+        return self._uncond_cache[""]
+
+    def unconditional(self, cond: Conditioning | int) -> Conditioning:
+        """The empty prompt's conditioning, batched like `cond` (or for `cond` images)."""
+        batch = cond if isinstance(cond, int) else len(cond.hidden_states)
+        return Conditioning(self._empty_prompt().hidden_states.expand(batch, -1, -1))
 
     def eps(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         kwargs = {"added_cond_kwargs": cond.extra} if cond.extra is not None else {}
@@ -123,9 +138,57 @@ class SDAdapter:
         return ac.sqrt() * x0 + (1 - ac).sqrt() * noise
 
 
+class SDXLAdapter(SDAdapter):
+    """SDXL: two text encoders (penultimate hidden states concatenated), the second one's pooled
+    projection as `text_embeds`, and six size numbers per image as `time_ids`: original height and
+    width, crop top and left, target height and width (pixels)."""
+
+    text_encoders = ("text_encoder", "text_encoder_2")
+
+    def default_time_ids(self, batch: int) -> torch.Tensor:
+        """Uncropped images at the model's own size (what the pipeline uses by default)."""
+        side = self.image_size
+        return torch.tensor([[side, side, 0, 0, side, side]], dtype=torch.float32).expand(batch, -1)
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str], time_ids: torch.Tensor | None = None) -> Conditioning:
+        embeds, _, pooled, _ = self.pipe.encode_prompt(prompt=list(prompts), device=self.device,
+                                                       num_images_per_prompt=1, do_classifier_free_guidance=False)
+        if time_ids is None:
+            time_ids = self.default_time_ids(len(prompts))
+        if time_ids.shape != (len(prompts), 6):
+            raise ValueError(f"time_ids must have shape ({len(prompts)}, 6), got {tuple(time_ids.shape)}")
+        return Conditioning(embeds, {"text_embeds": pooled, "time_ids": time_ids.to(self.device, embeds.dtype)})
+
+    def _empty_prompt(self) -> Conditioning:
+        """The pipeline's negative conditioning: zeros where it forces them for an empty prompt."""
+        if "" not in self._uncond_cache:
+            one = self.encode_prompts([""])
+            if self.pipe.config.get("force_zeros_for_empty_prompt", True):
+                one = Conditioning(torch.zeros_like(one.hidden_states),
+                                   {**one.extra, "text_embeds": torch.zeros_like(one.extra["text_embeds"])})
+            self._uncond_cache[""] = one
+        return self._uncond_cache[""]
+
+    def unconditional(self, cond: Conditioning | int) -> Conditioning:
+        """The empty prompt batched like `cond`, with `cond`'s own size conditioning (as the pipeline
+        does when no negative sizes are given)."""
+        if isinstance(cond, int):
+            cond = Conditioning(self._empty_prompt().hidden_states, {"time_ids": self.default_time_ids(cond)})
+        batch, empty = len(cond.extra["time_ids"]), self._empty_prompt()
+        return Conditioning(empty.hidden_states.expand(batch, -1, -1),
+                            {"text_embeds": empty.extra["text_embeds"].expand(batch, -1),
+                             "time_ids": cond.extra["time_ids"].to(self.device)})
+
+
+def make_adapter(pipe) -> SDAdapter:
+    """The adapter for a loaded pipeline: SDXL if it has a second text encoder, else SD1.x."""
+    return SDXLAdapter(pipe) if getattr(pipe, "text_encoder_2", None) is not None else SDAdapter(pipe)
+
+
 def load_adapter(model_dir, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> SDAdapter:
     from hypersd.sampling import load_pipeline
 
     pipe = load_pipeline(model_dir, dtype=dtype)
     pipe.to(device)
-    return SDAdapter(pipe)
+    return make_adapter(pipe)

@@ -109,3 +109,29 @@ def build_tokenizer_for(folder):
     from hypersd.models.tokenizer import build_tokenizer
 
     return build_tokenizer(Path(folder))
+
+
+def build_tiny_sdxl(cfg: TinySDConfig, tokenizer, time_embed_dim: int = 8):
+    """A random SDXL-architecture pipeline at the tiny model's sizes (tests and examples): two CLIP
+    text encoders (the second with a projection, whose pooled output is `text_embeds`), a UNet with
+    SDXL's "text_time" added conditioning and cross-attention over both encoders' states."""
+    from diffusers import DDIMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModelWithProjection
+
+    text_1 = build_text_encoder(cfg, tokenizer)
+    text_2 = CLIPTextModelWithProjection(build_text_encoder(cfg, tokenizer).config)
+    projection = text_2.config.projection_dim
+    unet = UNet2DConditionModel(
+        sample_size=cfg.image_size // 2 ** (len(cfg.vae_channels) - 1),
+        in_channels=cfg.latent_channels, out_channels=cfg.latent_channels,
+        down_block_types=cfg.unet_down_blocks, up_block_types=cfg.unet_up_blocks,
+        block_out_channels=cfg.unet_channels, layers_per_block=cfg.unet_layers_per_block,
+        cross_attention_dim=2 * cfg.text_hidden, attention_head_dim=cfg.unet_head_dim,
+        norm_num_groups=cfg.unet_norm_groups, addition_embed_type="text_time",
+        addition_time_embed_dim=time_embed_dim,
+        projection_class_embeddings_input_dim=projection + 6 * time_embed_dim,
+    )
+    scheduler = DDIMScheduler.from_config(build_noise_scheduler().config, set_alpha_to_one=False)
+    return StableDiffusionXLPipeline(vae=build_vae(cfg), text_encoder=text_1, text_encoder_2=text_2,
+                                     tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler,
+                                     force_zeros_for_empty_prompt=True, add_watermarker=False)
