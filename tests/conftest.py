@@ -51,3 +51,48 @@ def tiny_evaluator_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("evaluator")
     ShapesDetector(DetectorConfig(width=8)).save(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory):
+    """A random tiny SDXL pipeline folder (two text encoders, size conditioning)."""
+    from hypersd.models.tiny_sd import build_tiny_sdxl
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("tiny-sdxl")
+    pipe = build_tiny_sdxl(TINY, build_tokenizer_for(root / "tok"))
+    pipe.save_pretrained(root / "pipe", safe_serialization=True)
+    return root / "pipe"
+
+
+@pytest.fixture(scope="session")
+def tiny_controlnet_dir(tiny_pipeline_dir, tmp_path_factory):
+    """A tiny ControlNet for `tiny_pipeline_dir` (diffusers folder, safetensors). Its zero
+    convolutions (conditioning output, down and mid residual convs) get random weights, so that,
+    unlike a freshly initialised ControlNet, it changes the images."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_pretrained(tiny_pipeline_dir / "unet")
+    # one stride-2 conv per VAE downsampling: 32x32 control image -> 8x8 latents
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 16))
+    zero_convs = [controlnet.controlnet_cond_embedding.conv_out, controlnet.controlnet_mid_block,
+                  *controlnet.controlnet_down_blocks]
+    with torch.no_grad():
+        for conv in zero_convs:
+            conv.weight.normal_(0.0, 0.3)
+            conv.bias.normal_(0.0, 0.3)
+    folder = tmp_path_factory.mktemp("tiny-controlnet") / "controlnet"
+    controlnet.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def segmenter_dir(tmp_path_factory):
+    """A random tiny Shapes segmenter (the perceptual model of feedback learning)."""
+    from hypersd.rewards.segmenter import SegmenterConfig, ShapesSegmenter
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("segmenter")
+    ShapesSegmenter(SegmenterConfig(width=8)).save(folder)
+    return folder

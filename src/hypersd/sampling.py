@@ -146,24 +146,68 @@ def make_scheduler(name: str, base_config):
     raise UserError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
 
 
-def load_pipeline(model: Path, dtype: torch.dtype = torch.float32):
-    """A StableDiffusionPipeline from a diffusers folder, offline, progress bar off."""
-    from diffusers import StableDiffusionPipeline
+PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")  # what training and sampling support
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 
-    model = require_model_folder(model)
+
+def load_pipeline(model: Path, dtype: torch.dtype = torch.float32, model_config: Path | None = None):
+    """An SD1.x or SDXL pipeline from a diffusers folder or a single-file checkpoint, offline, progress
+    bar off. A single file needs `model_config` (or $HYPERSD_MODEL_CONFIG): a diffusers folder of the
+    same architecture whose configs and tokenizers are used (its weights are not read)."""
+    model = Path(model)
     allow_pickle = os.environ.get("HYPERSD_ALLOW_PICKLE") == "1"
-    try:
-        pipe = StableDiffusionPipeline.from_pretrained(model, dtype=dtype, local_files_only=True,
-                                                       use_safetensors=None if allow_pickle else True)
-    except (OSError, ValueError, KeyError) as exc:
-        message = str(exc).splitlines()[0]
-        if not allow_pickle and "safetensors" in message.lower():
-            raise UserError(f"cannot load model folder {model}: no safetensors weights (pickle checkpoints "
-                            "are refused; pass --allow-pickle if you trust the files)") from None
-        raise UserError(f"cannot load model folder {model}: {message}") from None
+    if model.suffix in SINGLE_FILE_SUFFIXES:
+        pipe = _load_single_file(model, dtype, model_config or os.environ.get("HYPERSD_MODEL_CONFIG"), allow_pickle)
+    else:
+        pipe = _load_folder(require_model_folder(model), dtype, allow_pickle)
     pipe.set_progress_bar_config(disable=True)
     pipe.hypersd_scheduler_config = dict(pipe.scheduler.config)  # every sampler is built from this
     return pipe
+
+
+def _load_error(model: Path, exc: Exception, allow_pickle: bool) -> UserError:
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if not allow_pickle and "safetensors" in message.lower():
+        return UserError(f"cannot load model {model}: no safetensors weights (pickle checkpoints are refused; "
+                         "pass --allow-pickle if you trust the files)")
+    return UserError(f"cannot load model {model}: {message}")
+
+
+def _pipeline_class(folder: Path) -> str:
+    try:
+        name = json.loads((folder / "model_index.json").read_text()).get("_class_name", "?")
+    except (json.JSONDecodeError, AttributeError):
+        raise UserError(f"{folder / 'model_index.json'} is not a valid pipeline index") from None
+    require(name in PIPELINES, f"{folder} holds a {name}; supported are {', '.join(PIPELINES)}")
+    return name
+
+
+def _load_folder(model: Path, dtype: torch.dtype, allow_pickle: bool):
+    import diffusers
+
+    cls = getattr(diffusers, _pipeline_class(model))
+    try:
+        return cls.from_pretrained(model, dtype=dtype, local_files_only=True,
+                                   use_safetensors=None if allow_pickle else True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise _load_error(model, exc, allow_pickle) from None
+
+
+def _load_single_file(path: Path, dtype: torch.dtype, config, allow_pickle: bool):
+    """A single-file (original Stable Diffusion / SGM layout) checkpoint through diffusers'
+    from_single_file, with the configs of a local diffusers folder (nothing fetched)."""
+    import diffusers
+
+    require(path.is_file(), f"model checkpoint not found: {path}")
+    require(path.suffix == ".safetensors" or allow_pickle,
+            f"{path} is a pickle checkpoint; pass --allow-pickle if you trust it, or convert it to .safetensors")
+    require(config is not None, f"a single-file checkpoint needs --model-config DIR: a diffusers folder of the same "
+                                f"architecture (configs and tokenizers; its weights are not read) for {path.name}")
+    cls = getattr(diffusers, _pipeline_class(require_model_folder(Path(config))))
+    try:
+        return cls.from_single_file(str(path), config=str(config), torch_dtype=dtype, local_files_only=True)
+    except Exception as exc:  # diffusers raises many types for a checkpoint that does not fit the configs
+        raise _load_error(path, exc, allow_pickle) from None
 
 
 def load_unet_file(pipe, path: Path) -> None:
@@ -228,8 +272,9 @@ def _supports_custom_timesteps(scheduler) -> bool:
 
 
 def generate(pipe, prompts: list[str], settings: SampleSettings, seeds: list[int] | None = None,
-             progress_desc: str | None = None) -> np.ndarray:
-    """Images for the prompts as uint8 (n, H, W, 3); image i uses seed `seeds[i]`."""
+             progress_desc: str | None = None, extra_call: dict | None = None) -> np.ndarray:
+    """Images for the prompts as uint8 (n, H, W, 3); image i uses seed `seeds[i]`. `extra_call` adds
+    pipeline-specific arguments to every call (a ControlNet pipeline's `image=`, for example)."""
     from hypersd.progress import progress
 
     settings.validate()
@@ -244,6 +289,7 @@ def generate(pipe, prompts: list[str], settings: SampleSettings, seeds: list[int
         call["num_inference_steps"] = settings.steps
     if settings.eta is not None:
         call["eta"] = settings.eta
+    call.update(extra_call or {})
     seeds = seeds if seeds is not None else [settings.seed + i for i in range(len(prompts))]
     chunks = []
     starts = range(0, len(prompts), settings.batch_size)
@@ -257,17 +303,23 @@ def generate(pipe, prompts: list[str], settings: SampleSettings, seeds: list[int
 
 
 def write_samples(out: Path, images: np.ndarray, prompts: list[str], seeds: list[int],
-                  settings: SampleSettings, grid_columns: int = 8, grid_limit: int = 64) -> Path:
-    """PNGs + samples.jsonl + grid.png, written to a temp folder then moved into place."""
+                  settings: SampleSettings, grid_columns: int = 8, grid_limit: int = 64,
+                  extra_record: dict | None = None, extra_files: dict | None = None) -> Path:
+    """PNGs + samples.jsonl + grid.png, written to a temp folder then moved into place.
+    `extra_record` is added to every samples.jsonl line; `extra_files` maps file names to PIL images
+    saved beside the samples (e.g. the control image that conditioned them)."""
     from hypersd.data.imagefolder import write_image_folder
     from hypersd.grids import labelled_grid
 
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    records = [{"prompt": p, "seed": s, **settings.record()} for p, s in zip(prompts, seeds)]
+    common = {**settings.record(), **(extra_record or {})}
+    records = [{"prompt": p, "seed": s, **common} for p, s in zip(prompts, seeds)]
     write_image_folder(tmp, images, records)
     labelled_grid(images[:grid_limit], prompts[:grid_limit], columns=grid_columns).save(tmp / "grid.png")
+    for name, image in (extra_files or {}).items():
+        image.save(tmp / name)
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
