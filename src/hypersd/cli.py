@@ -377,10 +377,19 @@ def generate(prompt: list[str] = typer.Argument(..., help="Prompt(s)."),
              eta: Optional[float] = typer.Option(None, help="TCD gamma / DDIM eta in [0, 1]."),
              guidance: Optional[float] = typer.Option(None, help="CFG scale (default: from the files, else 0)."),
              seed: int = typer.Option(0, help="Seed of the first image."),
+             controlnet: Optional[Path] = typer.Option(None, help="Diffusers ControlNet folder (needs "
+                                                                  "--control-image)."),
+             control_image: Optional[Path] = typer.Option(None, help="Image that conditions the ControlNet."),
+             control: str = typer.Option("canny", help="Control image preprocessing: canny (white edges on "
+                                                      "black), scribble (white strokes on black) or none."),
+             control_scale: float = typer.Option(1.0, help="ControlNet conditioning scale (0: no effect)."),
+             canny_low: int = typer.Option(100, help="Canny lower hysteresis threshold."),
+             canny_high: int = typer.Option(200, help="Canny upper hysteresis threshold."),
              out: Path = typer.Option(Path("runs/generate"), help="Output folder.")):
     """Generate with a distilled model. Scheduler, steps, guidance and eta come from the LoRA's metadata,
     else from the conventions of the released Hyper-SD files (N-step LoRAs: DDIM trailing; 1-step
-    unified LoRA: TCD; 1-step UNet: LCM at timestep 800); options override."""
+    unified LoRA: TCD; 1-step UNet: LCM at timestep 800); options override. With --controlnet, the
+    preprocessed control image conditions every sample and is saved as control.png beside them."""
     from hypersd.conventions import released_settings
     from hypersd.sampling import LoraSpec, apply_loras, generate as run_pipeline, load_pipeline, load_unet_file
     from hypersd.sampling import resolve_settings, write_samples
@@ -391,14 +400,35 @@ def generate(prompt: list[str] = typer.Argument(..., help="Prompt(s)."),
     timesteps_text = ",".join(map(str, chosen["timesteps"])) if chosen["timesteps"] else None
     settings = _settings(chosen["steps"], chosen["scheduler"], chosen["guidance"], chosen["eta"], seed,
                          timesteps_text, lora, 125)
+    spec = _control_spec(controlnet, control_image, control, control_scale, canny_low, canny_high)
+    raw_control = spec.validate() if spec else None  # bad control input fails before any model loads
     require_writable_dir(out.parent)
     pipe = load_pipeline(base)
     if unet is not None:
         load_unet_file(pipe, unet)
     apply_loras(pipe, settings.loras)
+    extra_call, extra_record, extra_files = {}, {}, {}
+    if spec is not None:
+        from hypersd.controlnet import CONTROL_FILE, with_controlnet
+
+        pipe, control_png, extra_call = with_controlnet(pipe, spec, raw_control)
+        extra_record, extra_files = spec.record(), {CONTROL_FILE: control_png}
     seeds = [seed + i for i in range(len(prompt))]
-    write_samples(out, run_pipeline(pipe, list(prompt), settings, seeds), list(prompt), seeds, settings)
+    images = run_pipeline(pipe, list(prompt), settings, seeds, extra_call=extra_call)
+    write_samples(out, images, list(prompt), seeds, settings, extra_record=extra_record, extra_files=extra_files)
     typer.echo(f"wrote {len(prompt)} images to {out} ({settings.scheduler}, {settings.steps} steps)")
+
+
+def _control_spec(controlnet: Optional[Path], image: Optional[Path], mode: str, scale: float,
+                  canny_low: int, canny_high: int):
+    """The ControlNet conditioning of `generate`, or None; the two paths only make sense together."""
+    from hypersd.controlnet import ControlSpec
+
+    require(image is None or controlnet is not None, "--control-image needs --controlnet DIR")
+    if controlnet is None:
+        return None
+    require(image is not None, "--controlnet needs --control-image IMAGE")
+    return ControlSpec(controlnet, image, mode, scale, canny_low, canny_high)
 
 
 @app.command("eval")
