@@ -3,6 +3,11 @@ run's position, written to a temporary folder and renamed into place.
 
 Optimizer states are plain tensor dictionaries saved with torch.save and read back with
 `weights_only=True` (no arbitrary pickled objects are ever loaded).
+
+Several processes: weights and optimizer states are the same on every process (averaged gradients),
+so one copy is kept; the random state is per process: rng.safetensors is process 0's (the only one
+of a single-process run), rng-rank{r}.safetensors process r's. A process whose file is missing (the
+checkpoint was written by fewer processes) gets process 0's state and reseeds (see the loop).
 """
 
 from __future__ import annotations
@@ -33,8 +38,13 @@ def lora_state(unet) -> dict[str, torch.Tensor]:
     return {k: p.detach().cpu().contiguous() for k, p in unet.named_parameters() if "lora_" in k}
 
 
+def rng_file(rank: int = 0) -> str:
+    return "rng.safetensors" if rank == 0 else f"rng-rank{rank}.safetensors"
+
+
 def save_checkpoint(folder: Path, unet, position: dict, optimizers: dict | None = None,
-                    modules: dict | None = None) -> None:
+                    modules: dict | None = None, rng_states: list[dict] | None = None) -> None:
+    """rng_states: every process's random state in rank order (default: this process's only)."""
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -45,7 +55,8 @@ def save_checkpoint(folder: Path, unet, position: dict, optimizers: dict | None 
                   tmp / f"{name}.safetensors")
     for name, optimizer in (optimizers or {}).items():
         torch.save(optimizer.state_dict() if optimizer is not None else {}, tmp / f"optimizer-{name}.pt")
-    save_file(rng_state(), tmp / "rng.safetensors")
+    for rank, state in enumerate(rng_states or [rng_state()]):
+        save_file(state, tmp / rng_file(rank))
     (tmp / "state.json").write_text(json.dumps(position, indent=2))
     old = folder.with_name(folder.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
@@ -60,8 +71,10 @@ def read_position(folder: Path) -> dict | None:
     return json.loads(state.read_text()) if state.is_file() else None
 
 
-def restore_checkpoint(folder: Path, unet, optimizers: dict | None = None, modules: dict | None = None) -> dict:
-    """Load adapter weights, module weights, optimizer and RNG states; returns the saved position."""
+def restore_checkpoint(folder: Path, unet, optimizers: dict | None = None, modules: dict | None = None,
+                       rank: int = 0) -> dict:
+    """Load adapter weights, module weights, optimizer and RNG states (process `rank`'s, else process
+    0's); returns the saved position."""
     folder = Path(folder)
     params = dict(unet.named_parameters())
     with torch.no_grad():
@@ -77,5 +90,6 @@ def restore_checkpoint(folder: Path, unet, optimizers: dict | None = None, modul
         state = torch.load(path, weights_only=True) if path.is_file() else {}
         if state and optimizer is not None:
             optimizer.load_state_dict(state)
-    set_rng_state(load_file(folder / "rng.safetensors"))
+    own = folder / rng_file(rank)
+    set_rng_state(load_file(own if own.is_file() else folder / rng_file(0)))
     return read_position(folder)
