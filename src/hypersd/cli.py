@@ -29,10 +29,15 @@ app.add_typer(lora_app, name="lora")
 
 @app.callback()
 def _global_options(allow_pickle: bool = typer.Option(
-        False, "--allow-pickle", help="Also load pickle-based weight files (.bin/.ckpt); only for files you trust.")):
+        False, "--allow-pickle", help="Also load pickle-based weight files (.bin/.ckpt); only for files you trust."),
+        model_config: Optional[Path] = typer.Option(
+        None, "--model-config", help="For a single-file checkpoint given as a model: a diffusers folder of the same "
+                                     "architecture (SD1.5 or SDXL) whose configs and tokenizers are used.")):
     """Hyper-SD: distill diffusion models into 1-8 step generators."""
     if allow_pickle:
         os.environ["HYPERSD_ALLOW_PICKLE"] = "1"
+    if model_config is not None:
+        os.environ["HYPERSD_MODEL_CONFIG"] = str(model_config)
 
 
 def _assets():
@@ -368,7 +373,8 @@ def sample(model: Path = typer.Option(..., help="Diffusers pipeline folder."),
 
 @app.command()
 def generate(prompt: list[str] = typer.Argument(..., help="Prompt(s)."),
-             base: Path = typer.Option(..., help="Diffusers pipeline folder of the base model."),
+             base: Path = typer.Option(..., help="Base model: diffusers folder (SD1.x or SDXL) or a single-file "
+                                                 "checkpoint (with --model-config)."),
              lora: Optional[list[str]] = typer.Option(None, help="LoRA file (diffusers or kohya), FILE:SCALE; repeatable."),
              unet: Optional[Path] = typer.Option(None, help="UNet weights (.safetensors, diffusers keys) replacing "
                                                             "the base's, e.g. a one-step UNet."),
@@ -482,8 +488,10 @@ def _check_shapes_prompts(texts: list[str]) -> None:
 
 @app.command()
 def distill(recipe: Optional[Path] = typer.Option(None, help="YAML recipe (default: the built-in 4-stage TSCD)."),
-            model: Optional[Path] = typer.Option(None, help="Diffusers pipeline folder (default: shipped teacher)."),
-            data: Optional[str] = typer.Option(None, help="'shapes' or an image folder (overrides the recipe)."),
+            model: Optional[Path] = typer.Option(None, help="Diffusers pipeline folder (SD1.x or SDXL) or a single-file "
+                                                            "checkpoint (with --model-config); default: shipped teacher."),
+            data: Optional[str] = typer.Option(None, help="'shapes', an image folder, tar shards or a latent cache "
+                                                           "(overrides data.source)."),
             out: Path = typer.Option(Path("runs/tscd"), help="Run folder."),
             set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a recipe key: KEY=VALUE, "
                                                      "e.g. stages.0.iterations=100; repeatable."),
@@ -493,8 +501,9 @@ def distill(recipe: Optional[Path] = typer.Option(None, help="YAML recipe (defau
             device: str = typer.Option("auto", help="auto (cuda if available), cpu or cuda."),
             dry_run: bool = typer.Option(False, help="Print the resolved recipe and exit.")):
     """Distill a model: TSCD stages (Hyper-SD, Algorithm 1), feedback learning and score
-    distillation, as the recipe lists them; one LoRA per stage."""
-    from hypersd.errors import require_model_folder
+    distillation, as the recipe lists them; one LoRA per stage. Data-parallel over several processes:
+    accelerate launch --config_file configs/accelerate/ddp.yaml -m hypersd.cli distill ..."""
+    from hypersd.errors import require_model
     from hypersd.recipe import load_recipe
 
     overrides = list(set_ or []) + ([f"data.source={data}"] if data else [])
@@ -503,7 +512,7 @@ def distill(recipe: Optional[Path] = typer.Option(None, help="YAML recipe (defau
         typer.echo(resolved.to_yaml().rstrip())
         return
     require(device in ("auto", "cpu", "cuda"), f"--device must be auto, cpu or cuda, got {device!r}")
-    model = require_model_folder(model or _assets().TEACHER)
+    model = require_model(model or _assets().TEACHER)
     created = not out.exists()
     require_writable_dir(out)
     if not resume and (out / "checkpoint").exists():
@@ -514,9 +523,14 @@ def distill(recipe: Optional[Path] = typer.Option(None, help="YAML recipe (defau
         run = Run(resolved, model, out, device=device, init_lora=init_lora)
     except UserError:  # a model or LoRA we cannot use: leave no empty run folder behind
         if created and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
+            from contextlib import suppress
+
+            with suppress(OSError):  # launched processes may race to remove it
+                out.rmdir()
         raise
     metrics = run.train(resume=resume)
+    if not run.accelerator.is_main_process:  # several processes: one report
+        return
     for name, stage in metrics["stages"].items():
         typer.echo(f"{name}: {stage['lora']}")
     typer.echo(f"run: {out}")
@@ -544,6 +558,41 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="Report folder."),
     report = run_demo(out, n_prompts=n_prompts, n_real=n_real, recipe=recipe if distill else None,
                       recipe_overrides=set_, log=typer.echo)
     typer.echo(f"report: {report}")
+
+
+@app.command("cache")
+def cache_cmd(model: Path = typer.Option(..., help="Diffusers pipeline folder whose VAE and text encoder(s) encode."),
+              data: str = typer.Option(..., "--data", help="Image folder or tar shards (a .tar, shards-{000..009}.tar, "
+                                                           "a glob or a folder of .tar files)."),
+              out: Path = typer.Option(..., "--out", help="Cache folder to write (safetensors shards + cache-index.json)."),
+              resolution: Optional[int] = typer.Option(None, help="Image side in pixels (default: the model's own)."),
+              crop: str = typer.Option("center", help="center or random (seeded per image)."),
+              batch_size: int = typer.Option(16, help="Images encoded at once."),
+              seed: int = typer.Option(0, help="Seed of random crops."),
+              device: str = typer.Option("auto", help="auto (cuda if available), cpu or cuda.")):
+    """Encode a dataset once for one model: VAE posterior (mean, std), the text conditioning, captions
+    and size ids of every usable item. Train on it with data.source: OUT (same model and resolution)."""
+    from hypersd.data.cache import write_cache
+    from hypersd.data.sources import source_kind
+    from hypersd.data.transforms import describe_skipped
+    from hypersd.errors import require_model_folder
+
+    require(batch_size > 0, f"--batch-size must be positive, got {batch_size}")
+    require(resolution is None or resolution >= 8, f"--resolution must be at least 8, got {resolution}")
+    require(crop in ("center", "random"), f"--crop must be center or random, got {crop!r}")
+    require(device in ("auto", "cpu", "cuda"), f"--device must be auto, cpu or cuda, got {device!r}")
+    kind = source_kind(data)
+    require(kind in ("folder", "shards"), f"--data must be an image folder or tar shards, got {kind} data: {data}")
+    if not model.is_file():
+        require_model_folder(model)
+    require_writable_dir(out.parent)
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    index = write_cache(model, data, out, resolution, crop, batch_size, seed=seed, device=device)
+    typer.echo(f"wrote {index['count']} items to {out} ({len(index['shards'])} shards, resolution "
+               f"{index['resolution']}; skipped: {describe_skipped(index['skipped'])})")
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:

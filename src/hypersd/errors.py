@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -22,12 +23,21 @@ def require_model_folder(path: Path) -> Path:
     return path
 
 
+def require_model(path: Path) -> Path:
+    """A diffusers pipeline folder or a single-file checkpoint (.safetensors, or .ckpt with --allow-pickle)."""
+    path = Path(path)
+    if path.suffix in (".safetensors", ".ckpt"):
+        require(path.is_file(), f"model checkpoint not found: {path}")
+        return path
+    return require_model_folder(path)
+
+
 def require_writable_dir(path: Path) -> Path:
     """Create `path` (and parents) or fail with one line; also refuses a file in the way."""
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".hypersd-write-probe"
+        probe = path / f".hypersd-write-probe-{os.getpid()}"  # one per process: launched runs probe together
         probe.write_text("")
         probe.unlink()
     except OSError as exc:

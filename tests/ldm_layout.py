@@ -1,0 +1,84 @@
+"""Test helper: a diffusers SD1.x pipeline written as one original-layout (CompVis/LDM) checkpoint,
+the format of single `.safetensors` model files, so single-file loading can be checked against
+the folder it came from. Key names follow the original Stable Diffusion repository's modules."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
+          "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+VAE_RESNET = {"conv_shortcut": "nin_shortcut"}
+VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+
+def _rename_resnet(rest: str, table: dict) -> str:
+    head, _, tail = rest.partition(".")
+    return f"{table.get(head, head)}.{tail}"
+
+
+def unet_key(key: str, layers: int, up_attention: list[bool]) -> str:
+    """A diffusers UNet key as the LDM UNet names it (layers = layers_per_block)."""
+    simple = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+              "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
+    for old, new in simple.items():
+        if key.startswith(old + "."):
+            return new + key[len(old):]
+    if m := re.match(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", key):
+        block, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
+        index = 1 + (layers + 1) * block + j
+        return f"input_blocks.{index}.0.{_rename_resnet(rest, RESNET)}" if kind == "resnets" \
+            else f"input_blocks.{index}.1.{rest}"
+    if m := re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", key):
+        return f"input_blocks.{(layers + 1) * (int(m[1]) + 1)}.0.op.{m[2]}"
+    if m := re.match(r"mid_block\.resnets\.(\d+)\.(.*)", key):
+        return f"middle_block.{2 * int(m[1])}.{_rename_resnet(m[2], RESNET)}"
+    if m := re.match(r"mid_block\.attentions\.0\.(.*)", key):
+        return f"middle_block.1.{m[1]}"
+    if m := re.match(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", key):
+        block, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
+        index = (layers + 1) * block + j  # up blocks hold layers + 1 resnets
+        return f"output_blocks.{index}.0.{_rename_resnet(rest, RESNET)}" if kind == "resnets" \
+            else f"output_blocks.{index}.1.{rest}"
+    if m := re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)", key):
+        block = int(m[1])
+        return f"output_blocks.{(layers + 1) * block + layers}.{2 if up_attention[block] else 1}.conv.{m[2]}"
+    raise KeyError(key)
+
+
+def vae_key(key: str, blocks: int) -> str:
+    """A diffusers AutoencoderKL key as the LDM autoencoder names it."""
+    if m := re.match(r"(encoder|decoder)\.(down|up)_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", key):
+        part, kind, i, j, rest = m[1], m[2], int(m[3]), m[4], m[5]
+        i = i if kind == "down" else blocks - 1 - i  # the LDM decoder counts its levels from the bottom
+        return f"{part}.{kind}.{i}.block.{j}.{_rename_resnet(rest, VAE_RESNET)}"
+    if m := re.match(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", key):
+        return f"encoder.down.{m[1]}.downsample.conv.{m[2]}"
+    if m := re.match(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)", key):
+        return f"decoder.up.{blocks - 1 - int(m[1])}.upsample.conv.{m[2]}"
+    if m := re.match(r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\.(.*)", key):
+        return f"{m[1]}.mid.block_{int(m[2]) + 1}.{_rename_resnet(m[3], VAE_RESNET)}"
+    if m := re.match(r"(encoder|decoder)\.mid_block\.attentions\.0\.(.*)\.(weight|bias)", key):
+        return f"{m[1]}.mid.attn_1.{VAE_ATTENTION[m[2]]}.{m[3]}"
+    if m := re.match(r"(encoder|decoder)\.conv_norm_out\.(.*)", key):
+        return f"{m[1]}.norm_out.{m[2]}"
+    return key  # conv_in, conv_out, quant_conv, post_quant_conv keep their names
+
+
+def to_ldm_checkpoint(pipe) -> dict[str, torch.Tensor]:
+    """The pipeline's UNet, VAE and text encoder as one LDM-layout state dict."""
+    unet_config = pipe.unet.config
+    up_attention = ["CrossAttn" in name for name in unet_config.up_block_types]
+    state = {f"model.diffusion_model.{unet_key(k, unet_config.layers_per_block, up_attention)}": v
+             for k, v in pipe.unet.state_dict().items()}
+    blocks = len(pipe.vae.config.block_out_channels)
+    for key, value in pipe.vae.state_dict().items():
+        new = vae_key(key, blocks)
+        if ".mid.attn_1." in new and value.ndim == 2:
+            value = value[:, :, None, None]  # LDM's attention projections are 1x1 convolutions
+        state[f"first_stage_model.{new}"] = value
+    for key, value in pipe.text_encoder.state_dict().items():  # transformers' CLIPTextModel under "text_model."
+        state[f"cond_stage_model.transformer.text_model.{key.removeprefix('text_model.')}"] = value
+    return {k: v.contiguous() for k, v in state.items()}

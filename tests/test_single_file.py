@@ -1,0 +1,67 @@
+"""Single-file checkpoints (the original Stable Diffusion layout of one .safetensors file): loaded
+through diffusers' from_single_file with a local config folder, equal to the folder they came from,
+and usable by distill and generate; one-line errors when the configs are missing."""
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from hypersd import cli
+from hypersd.sampling import load_pipeline
+from ldm_layout import to_ldm_checkpoint
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_model_config(monkeypatch):
+    monkeypatch.delenv("HYPERSD_MODEL_CONFIG", raising=False)  # --model-config sets it; restored afterwards
+
+
+@pytest.fixture(scope="module")
+def single_file(tiny_pipeline_dir, tmp_path_factory):
+    path = tmp_path_factory.mktemp("single") / "tiny-sd.safetensors"
+    save_file(to_ldm_checkpoint(load_pipeline(tiny_pipeline_dir)), str(path))
+    return path
+
+
+def test_single_file_loads_the_same_weights_as_its_folder(single_file, tiny_pipeline_dir):
+    folder, single = load_pipeline(tiny_pipeline_dir), load_pipeline(single_file, model_config=tiny_pipeline_dir)
+    for name in ("unet", "vae", "text_encoder"):
+        a, b = getattr(folder, name).state_dict(), getattr(single, name).state_dict()
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(b[key].reshape(a[key].shape), a[key], rtol=0, atol=0)
+
+
+def _cli(monkeypatch, *args):
+    monkeypatch.setattr(sys, "argv", ["hypersd", *map(str, args)])
+    with pytest.raises(SystemExit) as done:
+        cli.main()
+    return done.value.code or 0
+
+
+def test_generate_and_distill_take_a_single_file(single_file, tiny_pipeline_dir, tmp_path, monkeypatch):
+    from PIL import Image
+
+    args = ["generate", "a red circle", "--steps", "2", "--scheduler", "ddim-trailing"]
+    assert _cli(monkeypatch, "--model-config", tiny_pipeline_dir, *args, "--base", single_file,
+                "--out", tmp_path / "a") == 0
+    assert _cli(monkeypatch, *args, "--base", tiny_pipeline_dir, "--out", tmp_path / "b") == 0
+    a, b = (np.asarray(Image.open(tmp_path / x / "000000.png")) for x in "ab")
+    assert np.array_equal(a, b)
+    assert _cli(monkeypatch, "--model-config", tiny_pipeline_dir, "distill", "--model", single_file,
+                "--out", tmp_path / "run", "--set", "stages=[{segments: 2, iterations: 2}]",
+                "--set", "training.batch_size=2", "--set", "data.pool_size=4", "--set", "samples.prompts=0") == 0
+    assert (tmp_path / "run" / "loras" / "tscd-k2.safetensors").is_file()
+
+
+def test_single_file_without_configs_is_one_line(single_file, tmp_path, capsys, monkeypatch):
+    assert _cli(monkeypatch, "generate", "a red circle", "--base", single_file, "--out", tmp_path / "x") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--model-config" in err[0]
+    assert _cli(monkeypatch, "--model-config", tmp_path, "distill", "--model", tmp_path / "none.safetensors",
+                "--out", tmp_path / "y") == 2
+    assert "model checkpoint not found" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
