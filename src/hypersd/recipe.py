@@ -172,13 +172,28 @@ class Training:
 
 @dataclass
 class Data:
-    source: str = "shapes"            # "shapes" (rendered on the fly, seeded) or an image-folder path
+    """Training data (hypersd.distill.data). `source`: "shapes" (rendered on the fly, seeded), an image
+    folder, webdataset tar shards (a .tar file, a brace pattern like /d/shards-{000000..000009}.tar,
+    a glob like /d/*.tar, or a folder of .tar files; streamed) or a latent cache folder written by
+    `hypersd cache` (made with the run's model at `resolution`). Images are resized to cover the
+    target size and cropped; crop, buckets and shuffle_buffer do not apply to Shapes."""
+
+    source: str = "shapes"
     pool_size: int = 20000            # Shapes scenes encoded once; latents re-drawn from the posterior
-    resolution: int = 32              # image side for folders
+    resolution: int = 32              # target side in pixels (folders, shards, caches); buckets: sqrt of their area
+    crop: str = "center"              # center | random (random: seeded, per image)
+    buckets: bool = False             # aspect-ratio buckets (folders and shards); a batch holds one bucket
+    bucket_step: int = 0              # bucket sides are multiples of it; 0: 64 from resolution 256 up, else 8
+    shuffle_buffer: int = 1000        # tar shards: items shuffled in a buffer of this many
     seed: int = 1234
 
     def validate(self, where: str) -> None:
         _require(self.pool_size >= 1 and self.resolution >= 8, where, "pool_size >= 1 and resolution >= 8")
+        _require(bool(self.source.strip()), where, "source must name shapes, an image folder, tar shards or a cache")
+        _require(self.crop in ("center", "random"), where, f"crop must be center or random, got {self.crop!r}")
+        _require(self.bucket_step >= 0 and self.bucket_step % 8 == 0, where,
+                 f"bucket_step must be 0 (automatic) or a multiple of 8, got {self.bucket_step}")
+        _require(self.shuffle_buffer >= 1, where, f"shuffle_buffer must be >= 1, got {self.shuffle_buffer}")
 
 
 @dataclass

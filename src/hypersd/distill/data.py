@@ -1,14 +1,20 @@
-"""Training data for distillation: a pool of encoded latents (posterior mean and std) with captions.
+"""Training data for distillation: batches of scaled latents with captions (and size conditioning,
+and cached text conditioning where there is some).
 
-Latents are re-sampled from the posterior at every draw. Sources: the Shapes world (freshly
-rendered, seeded) or an image folder (images + captions, see hypersd.data.imagefolder).
+Latents are re-sampled from the VAE posterior (mean + std * noise, global torch RNG) at every draw.
+Sources (`data.source`, see hypersd.data.sources): the Shapes world (freshly rendered, seeded), an
+image folder (all images encoded once, resized to cover and cropped, see hypersd.data.transforms),
+webdataset tar shards (streamed and encoded batch by batch, see hypersd.data.shards) and a latent
+cache written by `hypersd cache` (text conditioning included, see hypersd.data.cache).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import random
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from hypersd.errors import UserError
@@ -29,10 +35,15 @@ class Batch:
 
 @dataclass
 class LatentPool:
+    """Encoded images held in memory (one image size)."""
+
     means: torch.Tensor
     stds: torch.Tensor
     captions: list[str]
     scaling_factor: float
+    time_ids: torch.Tensor | None = None
+    source: str = "shapes"
+    skipped: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -41,16 +52,106 @@ class LatentPool:
         """A random batch (global torch RNG, so a resumed run draws the same batches)."""
         idx = torch.randint(0, len(self), (batch,))
         latents = self.means[idx] + self.stds[idx] * torch.randn_like(self.means[idx])
-        return Batch(latents * self.scaling_factor, [self.captions[i] for i in idx.tolist()])
+        time_ids = self.time_ids[idx] if self.time_ids is not None else None
+        return Batch(latents * self.scaling_factor, [self.captions[i] for i in idx.tolist()], time_ids)
+
+    def info(self) -> dict:
+        """What the run log records about the data."""
+        return {"source": self.source, "pool": len(self), "skipped": self.skipped}
+
+
+@dataclass
+class BucketPool:
+    """Pools of one image size each (aspect buckets): a batch comes from one bucket, drawn with
+    probability proportional to its size (global torch RNG)."""
+
+    pools: list[LatentPool]
+    source: str
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.pools)
+
+    def draw(self, batch: int) -> Batch:
+        sizes = torch.tensor([len(p) for p in self.pools], dtype=torch.float)
+        return self.pools[int(torch.multinomial(sizes, 1))].draw(batch)
+
+    def info(self) -> dict:
+        buckets = {"x".join(str(int(v)) for v in p.time_ids[0, 4:]): len(p) for p in self.pools}  # pixels
+        return {"source": self.source, "pool": len(self), "buckets": buckets, "skipped": self.skipped}
+
+
+class StreamPool:
+    """Tar shards streamed (hypersd.data.shards.ShardStream), each batch VAE-encoded when drawn."""
+
+    def __init__(self, vae, stream):
+        self.vae, self.stream = vae, stream
+
+    def draw(self, batch: int) -> Batch:
+        from hypersd.shapes.batches import to_tensor
+
+        items = self.stream.next_batch(batch)
+        means, stds = _posterior(self.vae, to_tensor(np.stack([fitted.array for _, fitted in items])))
+        latents = means + stds * torch.randn_like(means)
+        time_ids = torch.tensor([fitted.time_ids for _, fitted in items], dtype=torch.float32)
+        return Batch(latents * self.vae.config.scaling_factor, [caption for caption, _ in items], time_ids)
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        return self.stream.skipped
+
+    def state_dict(self) -> dict:
+        return self.stream.state_dict()
+
+    def load_state_dict(self, state: dict | None) -> None:
+        self.stream.load_state_dict(state)
+
+    def info(self) -> dict:
+        s = self.stream
+        return {"source": s.spec, "shards": len(s.shards), "rank": s.rank, "world_size": s.world_size,
+                **s.state_dict(), "skipped": s.skipped, "summary": s.summary()}
+
+
+class CachePool:
+    """A latent cache (hypersd.data.cache): random items, latents re-sampled, text conditioning
+    from the cache (so the loop skips the text encoders)."""
+
+    def __init__(self, cache, device: torch.device | str = "cpu"):
+        self.cache, self.device = cache, device
+        self.scaling_factor = cache.index["scaling_factor"]
+        self.skipped = cache.index["skipped"]
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    def draw(self, batch: int) -> Batch:
+        from hypersd.models.adapter import Conditioning
+
+        idx = torch.randint(0, len(self), (batch,)).tolist()
+        rows = self.cache.rows
+        means, stds = rows(idx, "mean"), rows(idx, "std")
+        latents = means + stds * torch.randn_like(means)
+        extra = {k: rows(idx, f"extra.{k}").to(self.device) for k in self.cache.extra_keys}
+        cond = Conditioning(rows(idx, "hidden_states").to(self.device), extra or None)
+        return Batch(latents * self.scaling_factor, [self.cache.captions[i] for i in idx],
+                     rows(idx, "time_ids"), cond)
+
+    def info(self) -> dict:
+        return {"source": str(self.cache.folder), "cache": len(self), "skipped": self.skipped}
 
 
 @torch.no_grad()
+def _posterior(vae, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    dist = vae.encode(images.to(vae.device, vae.dtype)).latent_dist
+    return dist.mean.float().cpu(), dist.std.float().cpu()
+
+
 def _encode(vae, images: torch.Tensor, batch: int = 250):
     means, stds = [], []
     for start in progress(range(0, len(images), batch), desc="encode latents"):
-        dist = vae.encode(images[start:start + batch].to(vae.device, vae.dtype)).latent_dist
-        means.append(dist.mean.float().cpu())
-        stds.append(dist.std.float().cpu())
+        mean, std = _posterior(vae, images[start:start + batch])
+        means.append(mean)
+        stds.append(std)
     return torch.cat(means), torch.cat(stds)
 
 
@@ -62,21 +163,63 @@ def shapes_pool(vae, n: int, seed: int) -> LatentPool:
     return LatentPool(means, stds, captions, vae.config.scaling_factor)
 
 
-def folder_pool(vae, root: Path, size: int) -> LatentPool:
-    from hypersd.data.imagefolder import load_images, read_image_folder
+def folder_pool(vae, root: Path, transform, seed: int) -> LatentPool | BucketPool:
+    """Every usable image of an image folder, fitted by `transform` (random crops drawn once per
+    file, seeded) and encoded; one pool per image size."""
+    from hypersd.data.sources import iter_records
+    from hypersd.data.transforms import describe_skipped, open_image, skip
     from hypersd.shapes.batches import to_tensor
 
     if not Path(root).is_dir():
         raise UserError(f"data folder not found: {root}")
-    folder = read_image_folder(root)
-    images, captions = load_images(folder, size)
-    if len(captions) == 0:
-        skipped = ", ".join(f"{v} {k}" for k, v in folder.skipped.items()) or "no images"
-        raise UserError(f"no usable training images in {root} ({skipped})")
-    means, stds = _encode(vae, to_tensor(images))
-    return LatentPool(means, stds, captions, vae.config.scaling_factor)
+    skipped: dict[str, int] = {}
+    groups: dict[tuple[int, int], tuple[list, list, list]] = {}
+    for record in iter_records(str(root), skipped):
+        image = open_image(record.image)
+        if image is None:
+            skip(skipped, "unreadable image")
+            continue
+        fitted = transform(image, random.Random(f"{seed}:{record.key}"))
+        arrays, captions, time_ids = groups.setdefault(fitted.array.shape[:2], ([], [], []))
+        arrays.append(fitted.array)
+        captions.append(record.caption)
+        time_ids.append(fitted.time_ids)
+    if not groups:
+        what = describe_skipped(skipped) if skipped else "no images"
+        raise UserError(f"no usable training images in {root} ({what})")
+    pools = []
+    for size in sorted(groups):
+        arrays, captions, time_ids = groups[size]
+        means, stds = _encode(vae, to_tensor(np.stack(arrays)))
+        pools.append(LatentPool(means, stds, captions, vae.config.scaling_factor,
+                                torch.tensor(time_ids, dtype=torch.float32), str(root), skipped))
+    return pools[0] if len(pools) == 1 else BucketPool(pools, str(root), skipped)
 
 
-def build_pool(vae, data: str, n: int, seed: int, size: int) -> LatentPool:
-    """`data` is "shapes" or an image-folder path."""
-    return shapes_pool(vae, n, seed) if data == "shapes" else folder_pool(vae, Path(data), size)
+def build_pool(vae, data, model_dir: Path | None = None, rank: int = 0, world_size: int = 1):
+    """The training data of the recipe's `data` block (hypersd.recipe.Data). `model_dir`: the run's
+    model, which a latent cache must have been made with; (rank, world_size): which part of tar
+    shards this process reads."""
+    from hypersd.data.sources import source_kind
+    from hypersd.data.transforms import ImageTransform
+
+    kind = source_kind(data.source)
+    if kind == "shapes":
+        return shapes_pool(vae, data.pool_size, data.seed)
+    if kind == "cache":
+        from hypersd.data.cache import LatentCache
+
+        if data.buckets:
+            raise UserError(f"data.buckets: a latent cache has one image size; {data.source} cannot be bucketed")
+        cache = LatentCache(Path(data.source))
+        if model_dir is not None:
+            cache.check_model(model_dir, data.resolution)
+        return CachePool(cache, vae.device)
+    transform = ImageTransform.from_recipe(data)
+    if kind == "shards":
+        from hypersd.data.shards import ShardStream
+
+        stream = ShardStream(data.source, transform, data.seed, data.shuffle_buffer, rank, world_size)
+        stream.check()
+        return StreamPool(vae, stream)
+    return folder_pool(vae, Path(data.source), transform, data.seed)

@@ -90,6 +90,7 @@ class Run:
         from hypersd.models.adapter import load_adapter
 
         self.recipe, self.out = recipe, Path(out)
+        self.model_dir = Path(model_dir)  # a latent cache must have been made with it
         use_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
         _forget_previous_accelerator()
         self.accelerator = Accelerator(cpu=use_cpu, mixed_precision=recipe.training.mixed_precision,
@@ -216,11 +217,14 @@ class Run:
         if resume and position is None:
             raise UserError(f"nothing to resume in {self.out} (no checkpoint)")
         torch.manual_seed(self.recipe.training.seed)
-        pool = build_pool(self.model.vae, self.recipe.data.source, self.recipe.data.pool_size,
-                          self.recipe.data.seed, self.recipe.data.resolution)
+        pool = self.pool = build_pool(self.model.vae, self.recipe.data, model_dir=self.model_dir,
+                                      rank=acc.process_index, world_size=acc.num_processes)
+        if position is not None and hasattr(pool, "load_state_dict"):  # a stream continues where it was
+            states = position.get("data") or [None]
+            pool.load_state_dict(states[acc.process_index] if acc.process_index < len(states) else states[0])
         if acc.process_index > 0:  # its own batches and noise; process 0 keeps the single-process stream
             torch.manual_seed(self.recipe.training.seed + acc.process_index)
-        self.log({"event": "data", "pool": len(pool), "resume": position})
+        self.log({"event": "data", **pool.info(), "resume": position})
         metrics_file = self.out / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if resume and metrics_file.is_file() else {"stages": {}}
         done_steps = 0
@@ -247,6 +251,8 @@ class Run:
             budget = None if stop_after is None else stop_after - done_steps
             finished, ran = self._train_stage(index, stage, pool, optimizer, start, budget)
             done_steps += ran
+            if hasattr(pool, "state_dict"):  # a stream's skip counts grow as it reads
+                self.log({"event": "data", "after": stage_name(stage), **pool.info()})
             if not finished:
                 return metrics
             metrics["stages"][stage_name(stage)] = self._finish_stage(index, stage)
@@ -358,8 +364,9 @@ class Run:
 
     def _checkpoint(self, optimizer, index: int, step: int) -> None:
         states = gather_objects(rng_state())  # every process's stream (all processes call this)
+        data = {"data": gather_objects(self.pool.state_dict())} if hasattr(self.pool, "state_dict") else {}
         if self.accelerator.is_main_process:
-            save_checkpoint(self.out / "checkpoint", self.model.unet, {"stage": index, "step": step},
+            save_checkpoint(self.out / "checkpoint", self.model.unet, {"stage": index, "step": step, **data},
                             *self._state(optimizer), rng_states=states)
             self.log({"event": "checkpoint", "stage": index, "step": step})
 

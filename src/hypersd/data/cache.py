@@ -1,0 +1,227 @@
+"""Latent caches (`hypersd cache`): every usable item of a dataset encoded once for one model.
+
+Per item: the VAE posterior's mean and std (training re-samples latents from them at every draw,
+as the in-memory pools do), the model's text conditioning of the caption (hidden states and, for
+SDXL, the extra tensors: pooled text embeddings and size ids), the caption and the item's size
+conditioning (time_ids). Written as safetensors shards `cache-00000.safetensors`, ... (at most
+about `max_shard_bytes` each; captions in each shard's metadata) and an index `cache-index.json`
+(model, fingerprint, resolution, count, skipped counts, shapes, shards), into a temporary folder
+renamed into place at the end.
+
+A cache belongs to one model and resolution. The model is recognised by its fingerprint: the
+folder's name, the UNet's in_channels, the text encoders' hidden sizes and a hash of the
+component configs (unet, vae, text_encoder, text_encoder_2; keys starting with "_" left out). It
+does not hash the weights: a fine-tune saved under the same folder name with the same configs
+passes, so keep one cache per model folder.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import inspect
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from hypersd.data.sources import CACHE_INDEX, iter_records, source_kind
+from hypersd.data.transforms import CROPS, ImageTransform, describe_skipped, open_image, skip
+from hypersd.errors import UserError
+from hypersd.progress import progress
+
+FORMAT = "hypersd-latent-cache"
+SHARD_BYTES = 1 << 30
+COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
+
+
+def model_fingerprint(model: Path) -> dict:
+    """What identifies a model for a cache (see the module doc); a single-file checkpoint: its
+    name and size."""
+    path = Path(model).resolve()
+    if path.is_file():
+        return {"name": path.name, "bytes": path.stat().st_size}
+    configs = {}
+    for part in COMPONENTS:
+        file = path / part / "config.json"
+        if file.is_file():
+            configs[part] = {k: v for k, v in json.loads(file.read_text()).items()
+                             if not k.startswith("_") and k != "transformers_version"}
+    return {"name": path.name,
+            "unet_in_channels": configs.get("unet", {}).get("in_channels"),
+            "text_hidden_size": [configs[p].get("hidden_size") for p in COMPONENTS[2:] if p in configs],
+            "config_sha256": hashlib.sha256(json.dumps(configs, sort_keys=True).encode()).hexdigest()[:16]}
+
+
+def encode_text(adapter, captions: list[str], time_ids: torch.Tensor | None):
+    """The adapter's Conditioning of `captions`; size ids go along where the adapter takes them (SDXL)."""
+    if "time_ids" in inspect.signature(adapter.encode_prompts).parameters:
+        return adapter.encode_prompts(captions, time_ids=time_ids)
+    return adapter.encode_prompts(captions)
+
+
+class _ShardWriter:
+    """Collects encoded batches and writes a safetensors shard whenever `max_bytes` is reached."""
+
+    def __init__(self, folder: Path, max_bytes: int):
+        self.folder, self.max_bytes = folder, max_bytes
+        self.parts: dict[str, list[torch.Tensor]] = {}
+        self.captions: list[str] = []
+        self.bytes, self.shards, self.shapes = 0, [], {}
+
+    def add(self, tensors: dict[str, torch.Tensor], captions: list[str]) -> None:
+        for name, value in tensors.items():
+            self.parts.setdefault(name, []).append(value.detach().cpu().contiguous())
+            self.bytes += value.numel() * value.element_size()
+            self.shapes[name] = list(value.shape[1:])
+        self.captions += captions
+        if self.bytes >= self.max_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.captions:
+            return
+        name = f"cache-{len(self.shards):05d}.safetensors"
+        tensors = {k: torch.cat(v) for k, v in self.parts.items()}
+        save_file(tensors, self.folder / name, metadata={"captions": json.dumps(self.captions)})
+        self.shards.append({"file": name, "count": len(self.captions)})
+        self.parts, self.captions, self.bytes = {}, [], 0
+
+
+@torch.no_grad()
+def _encode_batch(adapter, items: list[tuple[str, object]]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    from hypersd.shapes.batches import to_tensor
+
+    captions = [caption for caption, _ in items]
+    images = to_tensor(np.stack([fitted.array for _, fitted in items]))
+    time_ids = torch.tensor([fitted.time_ids for _, fitted in items], dtype=torch.float32)
+    dist = adapter.vae.encode(images.to(adapter.device, adapter.vae.dtype)).latent_dist
+    cond = encode_text(adapter, captions, time_ids)
+    tensors = {"mean": dist.mean.float(), "std": dist.std.float(), "time_ids": time_ids,
+               "hidden_states": cond.hidden_states}
+    for key, value in (cond.extra or {}).items():
+        tensors[f"extra.{key}"] = value
+    return tensors, captions
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not (out / CACHE_INDEX).is_file() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out} exists and is not a latent cache; choose another --out")
+
+
+def write_cache(model: Path, source: str, out: Path, resolution: int | None = None, crop: str = "center",
+                batch_size: int = 16, max_shard_bytes: int = SHARD_BYTES, seed: int = 0,
+                device: str = "cpu") -> dict:
+    """Encode every usable item of `source` (image folder or tar shards) with `model` at `resolution`
+    (None: the model's own image size), random crops seeded per item; returns the index."""
+    from hypersd.models.adapter import load_adapter
+
+    if crop not in CROPS:
+        raise UserError(f"crop must be one of {', '.join(CROPS)}, got {crop!r}")
+    kind = source_kind(source)
+    if kind not in ("folder", "shards"):
+        raise UserError(f"hypersd cache reads an image folder or tar shards, not {kind} data: {source}")
+    out = Path(out)
+    _check_out(out)
+    adapter = load_adapter(model, device=device)
+    adapter.freeze_base()
+    resolution = resolution or adapter.image_size
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        index = _write(adapter, source, tmp, ImageTransform(resolution, crop), batch_size, max_shard_bytes, seed)
+        index.update(model=str(Path(model).resolve()), fingerprint=model_fingerprint(model), crop=crop)
+        (tmp / CACHE_INDEX).write_text(json.dumps(index, indent=2))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return index
+
+
+def _write(adapter, source: str, folder: Path, transform: ImageTransform, batch_size: int,
+           max_shard_bytes: int, seed: int) -> dict:
+    skipped: dict[str, int] = {}
+    writer = _ShardWriter(folder, max_shard_bytes)
+    batch: list = []
+    bar = progress(desc="cache", unit="img")
+    for record in iter_records(source, skipped):
+        image = open_image(record.image)
+        if image is None:
+            skip(skipped, "unreadable image")
+            continue
+        batch.append((record.caption, transform(image, random.Random(f"{seed}:{record.key}"))))
+        if len(batch) == batch_size:
+            writer.add(*_encode_batch(adapter, batch))
+            bar.update(len(batch))
+            batch = []
+    if batch:
+        writer.add(*_encode_batch(adapter, batch))
+        bar.update(len(batch))
+    bar.close()
+    writer.flush()
+    count = sum(s["count"] for s in writer.shards)
+    if count == 0:
+        raise UserError(f"no usable items in {source} ({describe_skipped(skipped) if skipped else 'no items'})")
+    return {"format": FORMAT, "version": 1, "source": source, "resolution": transform.resolution,
+            "count": count, "skipped": skipped, "scaling_factor": adapter.vae.config.scaling_factor,
+            "shapes": writer.shapes, "shards": writer.shards}
+
+
+def read_index(folder: Path) -> dict:
+    file = Path(folder) / CACHE_INDEX
+    try:
+        index = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"cannot read latent cache index {file}: {exc}") from None
+    if index.get("format") != FORMAT:
+        raise UserError(f"{file} is not a hypersd latent cache index")
+    return index
+
+
+class LatentCache:
+    """A written cache, read lazily: shards memory-mapped, rows gathered on request."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.index = read_index(self.folder)
+        self.files, self.captions, self.starts = [], [], []
+        for shard in self.index["shards"]:
+            path = self.folder / shard["file"]
+            if not path.is_file():
+                raise UserError(f"latent cache {self.folder} is incomplete: {shard['file']} is missing")
+            handle = safe_open(str(path), framework="pt")
+            self.starts.append(len(self.captions))
+            self.captions += json.loads(handle.metadata()["captions"])
+            self.files.append(handle)
+        self.extra_keys = [k[len("extra."):] for k in self.index["shapes"] if k.startswith("extra.")]
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def check_model(self, model: Path, resolution: int) -> None:
+        """One clear error unless the cache was made with `model` (same fingerprint) at `resolution`."""
+        index, have = self.index, model_fingerprint(model)
+        made = index["fingerprint"]
+        differ = [k for k in sorted(set(have) | set(made)) if have.get(k) != made.get(k)]
+        if differ or index["resolution"] != resolution:
+            what = f"fingerprint differs in {', '.join(differ)}" if differ else "resolution differs"
+            raise UserError(f"latent cache {self.folder} was made with model {index['model']} at resolution "
+                            f"{index['resolution']}, this run uses {model} at resolution {resolution} ({what}); "
+                            "write a cache for this model with hypersd cache")
+
+    def rows(self, indices: list[int], name: str) -> torch.Tensor:
+        """Tensor `name` at the given item indices, stacked."""
+        parts = []
+        for i in indices:
+            shard = bisect.bisect_right(self.starts, i) - 1
+            row = i - self.starts[shard]
+            parts.append(self.files[shard].get_slice(name)[row:row + 1])
+        return torch.cat(parts)
