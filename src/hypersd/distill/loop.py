@@ -92,6 +92,7 @@ class Run:
         self.recipe, self.out = recipe, Path(out)
         self.model_dir = Path(model_dir)  # a latent cache must have been made with it
         use_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+        require_supported()  # before accelerate builds (or fails to build) a sharding plugin
         _forget_previous_accelerator()
         self.accelerator = Accelerator(cpu=use_cpu, mixed_precision=recipe.training.mixed_precision,
                                        gradient_accumulation_steps=recipe.training.gradient_accumulation)

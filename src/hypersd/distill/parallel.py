@@ -37,9 +37,11 @@ def rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
-def require_supported(accelerator) -> None:
-    """Refuse distributed set-ups the run would silently mishandle (model sharding, XLA)."""
-    kind = getattr(accelerator.distributed_type, "value", str(accelerator.distributed_type))
+def require_supported(accelerator=None) -> None:
+    """Refuse distributed set-ups the run would silently mishandle (model sharding, XLA): those that
+    `accelerate launch` asks for (checked before the Accelerator exists) and the Accelerator's type."""
+    kind = "NO" if accelerator is None else getattr(accelerator.distributed_type, "value",
+                                                     str(accelerator.distributed_type))
     asked = [name for var, name in _SHARDING_ENV.items() if os.environ.get(var, "false").lower() == "true"]
     if asked or not (kind == "NO" or kind.startswith("MULTI_")):
         what = asked[0] if asked else kind
