@@ -59,7 +59,7 @@ def test_crop_conditioning_reaches_the_unet(sdxl):
         sdxl.encode_prompts(["a", "b"], time_ids=torch.zeros(1, 6))
 
 
-def _recipe(tmp_path, segmenter_dir):
+def _recipe(tmp_path, segmenter_dir, *overrides):
     feedback = ("{rewards: [shapes-clean], reward_alpha: [9.0], perceptual_weight: 1.0, pretrain_weight: 0.5, "
                 f"segmenter: '{segmenter_dir}', sampling_steps: 2, rank: 2, merge_ratio: 0.5, batch_size: 2}}")
     path = tmp_path / "recipe.yaml"
@@ -70,7 +70,7 @@ def _recipe(tmp_path, segmenter_dir):
         f"  - {{method: dmd, segments: 1, iterations: 2, learning_rate: 1.0e-3, feedback: {feedback}, "
         "dmd: {with_feedback: true, fake_rank: 2, batch_size: 1}}\n"
         "lora: {rank: 2, alpha: 4, targets: [to_q, to_v, conv1]}\ndata: {pool_size: 8}\nsamples: {prompts: 2}\n")
-    return load_recipe(path, ["training.batch_size=2", "training.checkpoint_every=1"])
+    return load_recipe(path, ["training.batch_size=2", "training.checkpoint_every=1", *overrides])
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +106,17 @@ def _amplified(path, out):
             tensors[key] = value + 0.3 * torch.randn(value.shape, generator=gen)
     save_file(tensors, out, metadata=metadata)
     return out
+
+
+def test_every_phase_trains_in_bf16_with_a_bf16_base(tiny_sdxl_dir, segmenter_dir, tmp_path):
+    """Mixed precision as the real recipes use it: frozen SDXL stored in bf16, LoRAs trained in fp32."""
+    recipe = _recipe(tmp_path, segmenter_dir, "training.mixed_precision=bf16", "training.gradient_checkpointing=true")
+    run = Run(recipe, tiny_sdxl_dir, tmp_path / "run")
+    metrics = run.train()
+    assert run.model.pipe.text_encoder_2.dtype == torch.bfloat16 and run.model.unet.conv_in.weight.dtype == torch.bfloat16
+    assert set(metrics["stages"]) == {"k2", "feedback", "unified"}
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss"]) for r in log if "loss" in r)
 
 
 @pytest.mark.parametrize("layout", ["diffusers", "kohya"])

@@ -143,8 +143,14 @@ def test_accumulation_bf16_and_checkpointing_options_train(tiny_pipeline_dir, tm
     import json
 
     recipe = _tiny_recipe(tmp_path, gradient_accumulation=2, mixed_precision="bf16", gradient_checkpointing="true")
-    Run(recipe, tiny_pipeline_dir, tmp_path / "opts").train()
+    run = Run(recipe, tiny_pipeline_dir, tmp_path / "opts")
+    run.train()
+    dtypes = {k: p.dtype for k, p in run.model.unet.named_parameters()}
+    assert {d for k, d in dtypes.items() if "lora_" not in k} == {torch.bfloat16}  # the frozen base is stored bf16
+    assert {d for k, d in dtypes.items() if "lora_" in k} == {torch.float32}  # the adapters train in fp32
+    assert run.model.text_encoder.dtype == torch.bfloat16 and run.model.vae.use_slicing
     weights = load_file(tmp_path / "opts" / "loras" / "tscd-k1.safetensors")
+    assert {v.dtype for v in weights.values()} == {torch.float32}
     assert all(torch.isfinite(v).all() for v in weights.values())
     assert any(v.abs().sum() > 0 for k, v in weights.items() if "lora_B" in k)
     losses = [json.loads(x)["loss"] for x in (tmp_path / "opts" / "log.jsonl").read_text().splitlines() if '"loss"' in x]
@@ -170,3 +176,17 @@ def test_v_prediction_models_are_refused_with_one_line(tiny_pipeline_dir, tmp_pa
     err = capsys.readouterr().err
     assert info.value.code == 2 and "'v_prediction'" in err and "only epsilon-prediction" in err
     assert "Traceback" not in err and not (tmp_path / "run").exists()  # nothing half-written
+
+
+def test_eight_bit_adam_without_bitsandbytes_is_one_clear_error(monkeypatch):
+    import builtins
+
+    from hypersd.distill.optim import make_optimizer
+    from hypersd.errors import UserError
+
+    real_import = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
+                        if name == "bitsandbytes" else real_import(name, *a, **k))
+    with pytest.raises(UserError, match="bitsandbytes"):
+        make_optimizer([torch.nn.Parameter(torch.zeros(2))], "adamw8bit", 1e-3)
+    assert isinstance(make_optimizer([torch.nn.Parameter(torch.zeros(2))], "adamw", 1e-3), torch.optim.AdamW)

@@ -14,6 +14,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import torch
+
 from hypersd.errors import UserError
 
 INFERENCE_KEY = "hypersd_inference"
@@ -26,7 +28,8 @@ def lora_config(rank: int, alpha: float, targets: list[str]):
 
 
 def add_lora(unet, rank: int, alpha: float, targets: list[str], name: str = "student"):
-    """Add a trainable LoRA adapter to `unet` and make it the active one; returns its config."""
+    """Add a trainable LoRA adapter to `unet` and make it the active one; returns its config. The
+    adapter is kept in fp32 whatever the base's dtype (bf16 updates of small LoRA weights round away)."""
     import warnings
 
     config = lora_config(rank, alpha, targets)
@@ -36,6 +39,9 @@ def add_lora(unet, rank: int, alpha: float, targets: list[str], name: str = "stu
             unet.add_adapter(config, adapter_name=name)
     except ValueError as exc:
         raise UserError(f"cannot add LoRA to the UNet: {str(exc).splitlines()[0]}") from None
+    for key, param in unet.named_parameters():
+        if f".{name}." in key and "lora_" in key and param.dtype != torch.float32:
+            param.data = param.data.float()
     unet.set_adapter(name)
     return config
 

@@ -156,8 +156,12 @@ class Lora:
 class Training:
     batch_size: int = 32
     gradient_accumulation: int = 1
-    mixed_precision: str = "no"       # no, fp16 or bf16 (accelerate)
+    mixed_precision: str = "no"       # no, fp16 or bf16 (accelerate autocast)
+    frozen_precision: str = "auto"    # auto: the frozen model (UNet, text encoders, VAE) stored in the mixed-
+                                      # precision dtype (LoRAs stay fp32, peft upcasts them); fp32: keep it full
     gradient_checkpointing: bool = False
+    optimizer: str = "adamw"          # adamw, or adamw8bit (bitsandbytes' 8-bit AdamW, where installed)
+    vae_slicing: bool = True          # feedback learning decodes one image at a time (same result, lower peak)
     max_grad_norm: float = 1.0
     checkpoint_every: int = 200
     log_every: int = 10
@@ -167,6 +171,8 @@ class Training:
         _require(self.batch_size >= 1 and self.gradient_accumulation >= 1, where,
                  "batch_size and gradient_accumulation must be >= 1")
         _require(self.mixed_precision in ("no", "fp16", "bf16"), where, "mixed_precision must be no, fp16 or bf16")
+        _require(self.frozen_precision in ("auto", "fp32"), where, "frozen_precision must be auto or fp32")
+        _require(self.optimizer in ("adamw", "adamw8bit"), where, "optimizer must be adamw or adamw8bit")
         _require(self.checkpoint_every >= 1 and self.log_every >= 1, where, "checkpoint_every, log_every >= 1")
 
 

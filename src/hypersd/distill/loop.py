@@ -39,6 +39,7 @@ from hypersd.distill.data import build_pool
 from hypersd.distill.ema import copy_adapter
 from hypersd.distill.dmd import FAKE, ScoreDistillationStep
 from hypersd.distill.feedback import FeedbackLearning
+from hypersd.distill.optim import make_optimizer
 from hypersd.distill.parallel import (average_before_step, average_gradients, gather_objects, mean_over_processes,
                                       require_supported)
 from hypersd.distill.tscd import STUDENT, TARGET, TEACHER, TSCD
@@ -70,6 +71,22 @@ def stage_inference(stage: Stage) -> dict:
     return {"scheduler": "ddim-trailing", "timestep_spacing": "trailing", "steps": steps, "guidance": 0.0, "eta": 0.0}
 
 
+def frozen_dtype(recipe: Recipe) -> torch.dtype:
+    """The dtype the frozen model is stored in: the mixed-precision dtype unless told to keep fp32."""
+    mixed = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recipe.training.mixed_precision)
+    return mixed if mixed is not None and recipe.training.frozen_precision == "auto" else torch.float32
+
+
+def _check_reward_files(recipe: Recipe) -> None:
+    """Missing reward weights stop the run before it starts, not when the feedback stage begins."""
+    from hypersd.rewards import check_reward_files
+
+    for stage in recipe.stages:
+        if stage.uses_feedback():
+            for spec in stage.feedback.rewards:
+                check_reward_files(spec)
+
+
 def _forget_previous_accelerator() -> None:
     """Let several runs with different precision settings share one process (benchmarks, tests).
 
@@ -97,10 +114,13 @@ class Run:
         self.accelerator = Accelerator(cpu=use_cpu, mixed_precision=recipe.training.mixed_precision,
                                        gradient_accumulation_steps=recipe.training.gradient_accumulation)
         require_supported(self.accelerator)
-        self.model = load_adapter(model_dir, device=self.accelerator.device)
+        _check_reward_files(recipe)
+        self.model = load_adapter(model_dir, device=self.accelerator.device, dtype=frozen_dtype(recipe))
         self.model.freeze_base()
         if recipe.training.gradient_checkpointing:
             self.model.unet.enable_gradient_checkpointing()
+        if recipe.training.vae_slicing:
+            self.model.vae.enable_slicing()
         lora = recipe.lora
         torch.manual_seed(recipe.training.seed)  # LoRA initialisation is part of the run's seed
         for name in (STUDENT, TARGET):
@@ -115,8 +135,8 @@ class Run:
 
             d = recipe.discriminator
             self.discriminator = LatentDiscriminator(self.model.unet).to(self.accelerator.device)
-            self.d_optimizer = torch.optim.AdamW(self.discriminator.parameters(), lr=d.learning_rate,
-                                                 betas=(d.beta1, d.beta2), weight_decay=0.0)
+            self.d_optimizer = make_optimizer(self.discriminator.parameters(), recipe.training.optimizer,
+                                              d.learning_rate, betas=(d.beta1, d.beta2))
         for opt in (self.fake_optimizer, self.d_optimizer):  # several processes: average their gradients
             if opt is not None:
                 opt.register_step_pre_hook(average_before_step)
@@ -140,8 +160,8 @@ class Run:
         self.fake_optimizer = None
         if dmd:
             add_lora(self.model.unet, dmd[0].dmd.fake_rank, dmd[0].dmd.fake_rank, self.recipe.lora.targets, name=FAKE)
-            self.fake_optimizer = torch.optim.AdamW(self._adapter_parameters(FAKE), lr=dmd[0].dmd.fake_learning_rate,
-                                                    weight_decay=0.0)
+            self.fake_optimizer = make_optimizer(self._adapter_parameters(FAKE), self.recipe.training.optimizer,
+                                                 dmd[0].dmd.fake_learning_rate)
 
     def _adapter_parameters(self, name: str) -> list[torch.nn.Parameter]:
         return [p for k, p in self.model.unet.named_parameters() if f".{name}." in k and "lora_" in k]
@@ -165,7 +185,8 @@ class Run:
 
         if self.generator is None:
             self._set_feedback_scale(index)
-            self.generator = fused_unet(self.model.unet, self._roles(index)[0]).requires_grad_(True)
+            fused = fused_unet(self.model.unet, self._roles(index)[0])
+            self.generator = fused.float().requires_grad_(True)  # trained weights in fp32 under autocast
         return self.generator
 
     def _roles(self, index: int) -> tuple[list[str], list[str]]:
@@ -239,7 +260,7 @@ class Run:
             if resuming and self._trains_unet(index):  # the full UNet is fused from the restored student LoRAs
                 restore_checkpoint(self.out / "checkpoint", self.model.unet, rank=acc.process_index)
             optimizer = self.accelerator.prepare(
-                torch.optim.AdamW(self._student_parameters(index), lr=stage.learning_rate, weight_decay=0.0))
+                make_optimizer(self._student_parameters(index), self.recipe.training.optimizer, stage.learning_rate))
             if resuming:
                 restore_checkpoint(self.out / "checkpoint", self.model.unet, *self._state(optimizer),
                                    rank=acc.process_index)

@@ -47,6 +47,20 @@ def load_reward(spec: str) -> RewardModel:
     raise UserError(f"unknown reward {kind!r}; choose one of {', '.join(REWARD_KINDS)}")
 
 
+def check_reward_files(spec: str) -> None:
+    """Fail now, in one line, if a reward's local weights are missing (not hours later, when the
+    feedback stage starts and loads them)."""
+    kind, _, args = spec.partition(":")
+    if kind not in REWARD_KINDS:
+        raise UserError(f"unknown reward {kind!r}; choose one of {', '.join(REWARD_KINDS)}")
+    paths = [Path(p) for p in args.split(",") if p] if kind in ("laion-aesthetic", "image-reward") else []
+    if kind == "shapes-presence" and args:
+        paths = [Path(args)]
+    for path in paths:
+        if not path.exists():
+            raise UserError(f"reward {kind}: {path} not found (edit the recipe's feedback.rewards or pass --set)")
+
+
 def convert_head(source: Path, out: Path, allow_pickle: bool) -> Path:
     """Released aesthetic-head `.pth` (a pickled state dict) -> safetensors; refuses pickles unless allowed."""
     import torch
