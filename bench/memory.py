@@ -79,9 +79,10 @@ def one_step(mode: str, arch: str = "sd15", precision: str = "fp32", checkpointi
 
     torch.manual_seed(0)
     config = ARCHS[arch][0]
+    if precision == "bf16":  # built in bf16 directly: an fp32 copy first would set the peak
+        torch.set_default_dtype(torch.bfloat16)
     unet = UNet2DConditionModel(**config).requires_grad_(False)
-    if precision == "bf16":
-        unet.to(torch.bfloat16)  # the frozen base; peft keeps the adapters in fp32
+    torch.set_default_dtype(torch.float32)  # the adapters are made (and kept, by add_lora) in fp32
     if checkpointing:
         unet.enable_gradient_checkpointing()
     targets = Lora().targets
