@@ -11,7 +11,7 @@ Each mode runs in its own process (peak RSS, ru_maxrss, includes the model); rat
 Text conditioning is a random (77, 768) embedding: the text encoder and VAE are not part of the step.
 
     python bench/memory.py                                   # SD1.5, fp32: bench/results/memory.{json,md}
-    python bench/memory.py --arch sdxl --precision bf16 --checkpointing --modes lora,tscd
+    python bench/memory.py --arch sdxl --precision bf16 --checkpointing --modes lora,tscd,dmd
                                                              # adds its rows to the same files
 """
 
@@ -132,15 +132,21 @@ def _key(row: dict) -> tuple:
 
 
 def _measure(modes: list[str], arch: str, precision: str, checkpointing: bool) -> list[dict]:
-    """Each mode in its own process (a clean peak); ratios to the plain LoRA step of the same setup."""
+    """Each mode in its own process (a clean peak)."""
     rows = []
     for mode in modes:
         args = [sys.executable, __file__, "--one", mode, arch, precision, str(int(checkpointing))]
         done = subprocess.run(args, capture_output=True, text=True, check=True)
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(rows[-1], flush=True)
-    base = next((r["peak_rss_gib"] for r in rows if r["mode"] == "lora"), None)
+    return rows
+
+
+def _with_ratios(rows: list[dict]) -> list[dict]:
+    """Each row's peak over the plain LoRA step of the same setup (None where that is not measured)."""
+    lora = {_key(r): r["peak_rss_gib"] for r in rows if r["mode"] == "lora"}
     for row in rows:
+        base = lora.get(_key(row))
         row["ratio_to_lora"] = round(row["peak_rss_gib"] / base, 3) if base else None
     return rows
 
@@ -161,7 +167,7 @@ def _write(rows: list[dict]) -> None:
               "modules; the teacher is the base with adapters off, target and fake score are adapters on the same "
               "base (no UNet copies); bf16 = frozen base in bf16, adapters fp32, bf16 autocast. Text conditioning "
               "is random: text encoders and VAE are not part of the step. Run: `python bench/memory.py` "
-              "(SD1.5 fp32) and `python bench/memory.py --arch sdxl --precision bf16 --checkpointing --modes lora,tscd`."]
+              "(SD1.5 fp32) and `python bench/memory.py --arch sdxl --precision bf16 --checkpointing --modes lora,tscd,dmd`."]
     (RESULTS / "memory.md").write_text("\n".join(lines) + "\n")
     print("wrote", RESULTS / "memory.md")
 
@@ -180,9 +186,11 @@ def main() -> None:
     args = parser.parse_args()
     rows = _measure(args.modes.split(","), args.arch, args.precision, args.checkpointing)
     previous = RESULTS / "memory.json"
+    measured = {(_key(r), r["mode"]) for r in rows}  # a setup's other steps measured earlier are kept
     kept = [r for r in json.loads(previous.read_text())["rows"]
-            if _key(r) != (args.arch, args.precision, args.checkpointing)] if previous.is_file() else []
-    _write(kept + rows)
+            if (_key(r), r["mode"]) not in measured] if previous.is_file() else []
+    order = {"lora": 0, "tscd": 1, "dmd": 2}
+    _write(_with_ratios(sorted(kept + rows, key=lambda r: (_key(r)[0] != "sd15", _key(r), order[r["mode"]]))))
 
 
 if __name__ == "__main__":
