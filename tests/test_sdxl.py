@@ -153,3 +153,9 @@ def test_exported_sdxl_lora_samples_in_plain_diffusers_like_hypersd_generate(sdx
     without = base("a red circle", num_inference_steps=4, guidance_scale=0.0, eta=0.3, output_type="np",
                    generator=torch.Generator().manual_seed(5)).images[0]
     assert np.abs((np.clip(without, 0, 1) * 255).round().astype(int) - theirs).max() > 1  # the LoRA counts
+
+
+def test_unconditional_for_a_batch_size_uses_the_default_sizes(sdxl):
+    uncond = sdxl.unconditional(3)
+    assert uncond.hidden_states.shape[0] == 3 and uncond.extra["text_embeds"].shape[0] == 3
+    assert uncond.extra["time_ids"].tolist() == [[32, 32, 0, 0, 32, 32]] * 3

@@ -173,12 +173,11 @@ class SDXLAdapter(SDAdapter):
     def unconditional(self, cond: Conditioning | int) -> Conditioning:
         """The empty prompt batched like `cond`, with `cond`'s own size conditioning (as the pipeline
         does when no negative sizes are given)."""
-        if isinstance(cond, int):
-            cond = Conditioning(self._empty_prompt().hidden_states, {"time_ids": self.default_time_ids(cond)})
-        batch, empty = len(cond.extra["time_ids"]), self._empty_prompt()
+        time_ids = self.default_time_ids(cond) if isinstance(cond, int) else cond.extra["time_ids"]
+        batch, empty = len(time_ids), self._empty_prompt()
         return Conditioning(empty.hidden_states.expand(batch, -1, -1),
                             {"text_embeds": empty.extra["text_embeds"].expand(batch, -1),
-                             "time_ids": cond.extra["time_ids"].to(self.device)})
+                             "time_ids": time_ids.to(self.device, empty.hidden_states.dtype)})
 
 
 def make_adapter(pipe) -> SDAdapter:
