@@ -1,6 +1,7 @@
-"""Test helper: a diffusers SD1.x pipeline written as one original-layout (CompVis/LDM) checkpoint,
-the format of single `.safetensors` model files, so single-file loading can be checked against
-the folder it came from. Key names follow the original Stable Diffusion repository's modules."""
+"""Test helper: a diffusers SD1.x or SDXL pipeline written as one original-layout checkpoint (the
+CompVis/LDM layout of SD1.x, Stability's SGM layout of SDXL), the format of single `.safetensors`
+model files, so single-file loading can be checked against the folder it came from. Key names
+follow the original repositories' modules (SDXL's second text encoder in OpenCLIP's layout)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ def _rename_resnet(rest: str, table: dict) -> str:
 def unet_key(key: str, layers: int, up_attention: list[bool]) -> str:
     """A diffusers UNet key as the LDM UNet names it (layers = layers_per_block)."""
     simple = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+              "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2",
               "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
     for old, new in simple.items():
         if key.startswith(old + "."):
@@ -67,8 +69,7 @@ def vae_key(key: str, blocks: int) -> str:
     return key  # conv_in, conv_out, quant_conv, post_quant_conv keep their names
 
 
-def to_ldm_checkpoint(pipe) -> dict[str, torch.Tensor]:
-    """The pipeline's UNet, VAE and text encoder as one LDM-layout state dict."""
+def _unet_and_vae(pipe) -> dict[str, torch.Tensor]:
     unet_config = pipe.unet.config
     up_attention = ["CrossAttn" in name for name in unet_config.up_block_types]
     state = {f"model.diffusion_model.{unet_key(k, unet_config.layers_per_block, up_attention)}": v
@@ -79,6 +80,46 @@ def to_ldm_checkpoint(pipe) -> dict[str, torch.Tensor]:
         if ".mid.attn_1." in new and value.ndim == 2:
             value = value[:, :, None, None]  # LDM's attention projections are 1x1 convolutions
         state[f"first_stage_model.{new}"] = value
-    for key, value in pipe.text_encoder.state_dict().items():  # transformers' CLIPTextModel under "text_model."
-        state[f"cond_stage_model.transformer.text_model.{key.removeprefix('text_model.')}"] = value
+    return state
+
+
+def _clip(text_encoder, prefix: str) -> dict[str, torch.Tensor]:
+    """transformers' CLIPTextModel keys under `prefix` + "text_model." (the OpenAI CLIP layout)."""
+    return {f"{prefix}text_model.{key.removeprefix('text_model.')}": value
+            for key, value in text_encoder.state_dict().items()}
+
+
+def _open_clip(text_encoder, prefix: str) -> dict[str, torch.Tensor]:
+    """A CLIPTextModelWithProjection in OpenCLIP's layout: fused q/k/v, resblocks, text_projection
+    stored transposed."""
+    renames = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
+               "self_attn.out_proj": "attn.out_proj"}
+    tops = {"embeddings.position_embedding.weight": "positional_embedding",
+            "embeddings.token_embedding.weight": "token_embedding.weight",
+            "final_layer_norm.weight": "ln_final.weight", "final_layer_norm.bias": "ln_final.bias"}
+    weights = {k.removeprefix("text_model."): v for k, v in text_encoder.state_dict().items()}
+    state = {prefix + "text_projection": weights.pop("text_projection.weight").T}
+    for key, value in weights.items():
+        if key in tops:
+            state[prefix + tops[key]] = value
+            continue
+        m = re.match(r"encoder\.layers\.(\d+)\.(.*)\.(weight|bias)", key)
+        block, module, kind = int(m[1]), m[2], m[3]
+        if module in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
+            if module.endswith("q_proj"):  # q, k, v stacked into one in_proj
+                parts = [weights[f"encoder.layers.{block}.self_attn.{x}_proj.{kind}"] for x in "qkv"]
+                state[f"{prefix}transformer.resblocks.{block}.attn.in_proj_{kind}"] = torch.cat(parts)
+            continue
+        state[f"{prefix}transformer.resblocks.{block}.{renames[module]}.{kind}"] = value
+    return state
+
+
+def to_ldm_checkpoint(pipe) -> dict[str, torch.Tensor]:
+    """The pipeline's UNet, VAE and text encoder(s) as one state dict: LDM layout for SD1.x, SGM for SDXL."""
+    state = _unet_and_vae(pipe)
+    if getattr(pipe, "text_encoder_2", None) is None:
+        state.update(_clip(pipe.text_encoder, "cond_stage_model.transformer."))
+    else:
+        state.update(_clip(pipe.text_encoder, "conditioner.embedders.0.transformer."))
+        state.update(_open_clip(pipe.text_encoder_2, "conditioner.embedders.1.model."))
     return {k: v.contiguous() for k, v in state.items()}

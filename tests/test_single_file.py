@@ -26,9 +26,16 @@ def single_file(tiny_pipeline_dir, tmp_path_factory):
     return path
 
 
-def test_single_file_loads_the_same_weights_as_its_folder(single_file, tiny_pipeline_dir):
-    folder, single = load_pipeline(tiny_pipeline_dir), load_pipeline(single_file, model_config=tiny_pipeline_dir)
-    for name in ("unet", "vae", "text_encoder"):
+@pytest.mark.parametrize("arch", ["sd15", "sdxl"])
+def test_single_file_loads_the_same_weights_as_its_folder(arch, tiny_pipeline_dir, tiny_sdxl_dir, tmp_path):
+    """SD1.x in the LDM layout; SDXL in the SGM layout (its second text encoder in OpenCLIP's)."""
+    model_dir = tiny_pipeline_dir if arch == "sd15" else tiny_sdxl_dir
+    folder = load_pipeline(model_dir)
+    save_file(to_ldm_checkpoint(folder), str(tmp_path / "model.safetensors"))
+    single = load_pipeline(tmp_path / "model.safetensors", model_config=model_dir)
+    assert type(single) is type(folder)
+    names = ("unet", "vae", "text_encoder") + (("text_encoder_2",) if arch == "sdxl" else ())
+    for name in names:
         a, b = getattr(folder, name).state_dict(), getattr(single, name).state_dict()
         assert a.keys() == b.keys()
         for key in a:

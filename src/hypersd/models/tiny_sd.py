@@ -7,7 +7,7 @@ All sizes live in `TinySDConfig` so that a recipe can change them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from hypersd.models.tokenizer import MAX_LENGTH
 
@@ -119,14 +119,15 @@ def build_tiny_sdxl(cfg: TinySDConfig, tokenizer, time_embed_dim: int = 8):
     from transformers import CLIPTextModelWithProjection
 
     text_1 = build_text_encoder(cfg, tokenizer)
-    text_2 = CLIPTextModelWithProjection(build_text_encoder(cfg, tokenizer).config)
+    wider = replace(cfg, text_hidden=cfg.text_hidden + 16)  # the encoders differ in width, as in SDXL (768 / 1280)
+    text_2 = CLIPTextModelWithProjection(build_text_encoder(wider, tokenizer).config)
     projection = text_2.config.projection_dim
     unet = UNet2DConditionModel(
         sample_size=cfg.image_size // 2 ** (len(cfg.vae_channels) - 1),
         in_channels=cfg.latent_channels, out_channels=cfg.latent_channels,
         down_block_types=cfg.unet_down_blocks, up_block_types=cfg.unet_up_blocks,
         block_out_channels=cfg.unet_channels, layers_per_block=cfg.unet_layers_per_block,
-        cross_attention_dim=2 * cfg.text_hidden, attention_head_dim=cfg.unet_head_dim,
+        cross_attention_dim=cfg.text_hidden + wider.text_hidden, attention_head_dim=cfg.unet_head_dim,
         norm_num_groups=cfg.unet_norm_groups, addition_embed_type="text_time",
         addition_time_embed_dim=time_embed_dim,
         projection_class_embeddings_input_dim=projection + 6 * time_embed_dim,
