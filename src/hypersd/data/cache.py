@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import inspect
 import json
 import random
 import shutil
@@ -58,13 +57,6 @@ def model_fingerprint(model: Path) -> dict:
             "config_sha256": hashlib.sha256(json.dumps(configs, sort_keys=True).encode()).hexdigest()[:16]}
 
 
-def encode_text(adapter, captions: list[str], time_ids: torch.Tensor | None):
-    """The adapter's Conditioning of `captions`; size ids go along where the adapter takes them (SDXL)."""
-    if "time_ids" in inspect.signature(adapter.encode_prompts).parameters:
-        return adapter.encode_prompts(captions, time_ids=time_ids)
-    return adapter.encode_prompts(captions)
-
-
 class _ShardWriter:
     """Collects encoded batches and writes a safetensors shard whenever `max_bytes` is reached."""
 
@@ -101,7 +93,7 @@ def _encode_batch(adapter, items: list[tuple[str, object]]) -> tuple[dict[str, t
     images = to_tensor(np.stack([fitted.array for _, fitted in items]))
     time_ids = torch.tensor([fitted.time_ids for _, fitted in items], dtype=torch.float32)
     dist = adapter.vae.encode(images.to(adapter.device, adapter.vae.dtype)).latent_dist
-    cond = encode_text(adapter, captions, time_ids)
+    cond = adapter.encode_prompts(captions, time_ids=time_ids)
     tensors = {"mean": dist.mean.float(), "std": dist.std.float(), "time_ids": time_ids,
                "hidden_states": cond.hidden_states}
     for key, value in (cond.extra or {}).items():
