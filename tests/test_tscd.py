@@ -190,3 +190,22 @@ def test_eight_bit_adam_without_bitsandbytes_is_one_clear_error(monkeypatch):
     with pytest.raises(UserError, match="bitsandbytes"):
         make_optimizer([torch.nn.Parameter(torch.zeros(2))], "adamw8bit", 1e-3)
     assert isinstance(make_optimizer([torch.nn.Parameter(torch.zeros(2))], "adamw", 1e-3), torch.optim.AdamW)
+
+
+def test_eight_bit_adam_trains_and_resumes_exactly(tiny_pipeline_dir, tmp_path):
+    """bitsandbytes' AdamW8bit (optional; runs where it is installed, CPU included): quantised states
+    in the checkpoint, and a killed run resumed ends with the same LoRA."""
+    bnb = pytest.importorskip("bitsandbytes")
+    recipe = _tiny_recipe(tmp_path, optimizer="adamw8bit")
+    whole = Run(recipe, tiny_pipeline_dir, tmp_path / "whole")
+    whole.train()
+    Run(recipe, tiny_pipeline_dir, tmp_path / "killed").train(stop_after=5)
+    Run(recipe, tiny_pipeline_dir, tmp_path / "killed").train(resume=True)
+    a = load_file(tmp_path / "whole" / "loras" / "tscd-k1.safetensors")
+    b = load_file(tmp_path / "killed" / "loras" / "tscd-k1.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    assert any(v.abs().sum() > 0 for k, v in a.items() if "lora_B" in k)
+    from hypersd.distill.optim import make_optimizer
+
+    assert isinstance(make_optimizer([torch.nn.Parameter(torch.zeros(2))], "adamw8bit", 1e-3), bnb.optim.AdamW8bit)
