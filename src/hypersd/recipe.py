@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from hypersd.data.transforms import CROPS
 from hypersd.errors import UserError
 
 
@@ -196,7 +197,7 @@ class Data:
     def validate(self, where: str) -> None:
         _require(self.pool_size >= 1 and self.resolution >= 8, where, "pool_size >= 1 and resolution >= 8")
         _require(bool(self.source.strip()), where, "source must name shapes, an image folder, tar shards or a cache")
-        _require(self.crop in ("center", "random"), where, f"crop must be center or random, got {self.crop!r}")
+        _require(self.crop in CROPS, where, f"crop must be one of {', '.join(CROPS)}, got {self.crop!r}")
         _require(self.bucket_step >= 0 and self.bucket_step % 8 == 0, where,
                  f"bucket_step must be 0 (automatic) or a multiple of 8, got {self.bucket_step}")
         _require(self.shuffle_buffer >= 1, where, f"shuffle_buffer must be >= 1, got {self.shuffle_buffer}")

@@ -10,9 +10,10 @@ renamed into place at the end.
 
 A cache belongs to one model and resolution. The model is recognised by its fingerprint: the
 folder's name, the UNet's in_channels, the text encoders' hidden sizes and a hash of the
-component configs (unet, vae, text_encoder, text_encoder_2; keys starting with "_" left out). It
-does not hash the weights: a fine-tune saved under the same folder name with the same configs
-passes, so keep one cache per model folder.
+component configs (unet, vae, text_encoder, text_encoder_2; keys starting with "_" and
+transformers_version left out; in_channels and hidden sizes are covered by the hash too, and kept
+to name what differs). It does not hash the weights: a fine-tune saved under the same folder name
+with the same configs passes, so keep one cache per model folder.
 """
 
 from __future__ import annotations
@@ -20,17 +21,15 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
-import random
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from hypersd.data.sources import CACHE_INDEX, iter_records, source_kind
-from hypersd.data.transforms import CROPS, ImageTransform, describe_skipped, open_image, skip
+from hypersd.data.transforms import CROPS, ImageTransform, collate, describe_skipped, fit_records
 from hypersd.errors import UserError
 from hypersd.progress import progress
 
@@ -85,19 +84,16 @@ class _ShardWriter:
         self.parts, self.captions, self.bytes = {}, [], 0
 
 
-@torch.no_grad()
-def _encode_batch(adapter, items: list[tuple[str, object]]) -> tuple[dict[str, torch.Tensor], list[str]]:
-    from hypersd.shapes.batches import to_tensor
+def _encode_batch(adapter, items: list) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Posterior and text conditioning of fitted (caption, image) items. SDXL's size ids are in the
+    conditioning too; they are stored once, as time_ids."""
+    from hypersd.distill.data import posterior
 
-    captions = [caption for caption, _ in items]
-    images = to_tensor(np.stack([fitted.array for _, fitted in items]))
-    time_ids = torch.tensor([fitted.time_ids for _, fitted in items], dtype=torch.float32)
-    dist = adapter.vae.encode(images.to(adapter.device, adapter.vae.dtype)).latent_dist
+    images, time_ids, captions = collate(items)
+    mean, std = posterior(adapter.vae, images)
     cond = adapter.encode_prompts(captions, time_ids=time_ids)
-    tensors = {"mean": dist.mean.float(), "std": dist.std.float(), "time_ids": time_ids,
-               "hidden_states": cond.hidden_states}
-    for key, value in (cond.extra or {}).items():
-        tensors[f"extra.{key}"] = value
+    tensors = {"mean": mean, "std": std, "time_ids": time_ids, "hidden_states": cond.hidden_states.cpu()}
+    tensors.update({f"extra.{k}": v.cpu() for k, v in (cond.extra or {}).items() if k != "time_ids"})
     return tensors, captions
 
 
@@ -110,7 +106,7 @@ def write_cache(model: Path, source: str, out: Path, resolution: int | None = No
                 batch_size: int = 16, max_shard_bytes: int = SHARD_BYTES, seed: int = 0,
                 device: str = "cpu") -> dict:
     """Encode every usable item of `source` (image folder or tar shards) with `model` at `resolution`
-    (None: the model's own image size), random crops seeded per item; returns the index."""
+    (None: the model's own image size); with crop "random", crops are seeded per item. Returns the index."""
     from hypersd.models.adapter import load_adapter
 
     if crop not in CROPS:
@@ -144,12 +140,8 @@ def _write(adapter, source: str, folder: Path, transform: ImageTransform, batch_
     writer = _ShardWriter(folder, max_shard_bytes)
     batch: list = []
     bar = progress(desc="cache", unit="img")
-    for record in iter_records(source, skipped):
-        image = open_image(record.image)
-        if image is None:
-            skip(skipped, "unreadable image")
-            continue
-        batch.append((record.caption, transform(image, random.Random(f"{seed}:{record.key}"))))
+    for item in fit_records(iter_records(source, skipped), transform, str(seed), skipped):
+        batch.append(item)
         if len(batch) == batch_size:
             writer.add(*_encode_batch(adapter, batch))
             bar.update(len(batch))
@@ -209,11 +201,12 @@ class LatentCache:
                             f"{index['resolution']}, this run uses {model} at resolution {resolution} ({what}); "
                             "write a cache for this model with hypersd cache")
 
-    def rows(self, indices: list[int], name: str) -> torch.Tensor:
-        """Tensor `name` at the given item indices, stacked."""
-        parts = []
-        for i in indices:
-            shard = bisect.bisect_right(self.starts, i) - 1
-            row = i - self.starts[shard]
-            parts.append(self.files[shard].get_slice(name)[row:row + 1])
-        return torch.cat(parts)
+    def locate(self, indices: list[int]) -> list[tuple[int, int]]:
+        """(shard, row) of each item index."""
+        shards = [bisect.bisect_right(self.starts, i) - 1 for i in indices]
+        return [(shard, i - self.starts[shard]) for shard, i in zip(shards, indices)]
+
+    def rows(self, where: list[tuple[int, int]], name: str) -> torch.Tensor:
+        """Tensor `name` at the located items (see locate), stacked."""
+        slices = [self.files[shard].get_slice(name) for shard in range(len(self.files))]
+        return torch.cat([slices[shard][row:row + 1] for shard, row in where])

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from hypersd.data.transforms import open_image, skip
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 SAMPLES_FILE = "samples.jsonl"
 
@@ -32,19 +34,12 @@ class ImageFolder:
         return [caption for _, caption, _ in self.items]
 
     def load_image(self, index: int, size: int | None = None) -> Image.Image | None:
-        path = self.items[index][0]
-        try:
-            with Image.open(path) as im:
-                image = im.convert("RGB")
-        except (OSError, ValueError):
+        image = open_image(self.items[index][0])
+        if image is None:
             return None
         if size is not None and image.size != (size, size):
             image = image.resize((size, size), Image.BICUBIC)
         return image
-
-
-def _skip(skipped: dict[str, int], reason: str) -> None:
-    skipped[reason] = skipped.get(reason, 0) + 1
 
 
 def _from_samples_jsonl(root: Path, skipped: dict[str, int]) -> list[tuple[Path, str, dict]]:
@@ -56,10 +51,10 @@ def _from_samples_jsonl(root: Path, skipped: dict[str, int]) -> list[tuple[Path,
             record = json.loads(line)
             path, caption = root / record["file"], record["prompt"]
         except (json.JSONDecodeError, KeyError, TypeError):
-            _skip(skipped, "bad samples.jsonl line")
+            skip(skipped, "bad samples.jsonl line")
             continue
         if not path.is_file():
-            _skip(skipped, "missing image")
+            skip(skipped, "missing image")
             continue
         items.append((path, str(caption), record))
     return items
@@ -70,12 +65,12 @@ def _from_sidecars(root: Path, skipped: dict[str, int]) -> list[tuple[Path, str,
     for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
         text_file = path.with_suffix(".txt")
         if not text_file.is_file():
-            _skip(skipped, "no caption")
+            skip(skipped, "no caption")
             continue
         try:
             caption = text_file.read_text().strip()
         except (OSError, UnicodeDecodeError):
-            _skip(skipped, "unreadable caption")
+            skip(skipped, "unreadable caption")
             continue
         items.append((path, caption, {"file": str(path.relative_to(root)), "prompt": caption}))
     return items
@@ -95,7 +90,7 @@ def read_image_folder(root: Path, verify: bool = True) -> ImageFolder:
                     im.verify()
                 readable.append(item)
             except (OSError, ValueError, SyntaxError):
-                _skip(skipped, "unreadable image")
+                skip(skipped, "unreadable image")
         items = readable
     return ImageFolder(root, items, skipped)
 
@@ -106,7 +101,7 @@ def load_images(folder: ImageFolder, size: int) -> tuple[np.ndarray, list[str]]:
     for i, (_, caption, _) in enumerate(folder.items):
         image = folder.load_image(i, size)
         if image is None:
-            _skip(folder.skipped, "unreadable image")
+            skip(folder.skipped, "unreadable image")
             continue
         arrays.append(np.asarray(image))
         captions.append(caption)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from hypersd.data.transforms import Fitted, ImageTransform, describe_skipped, open_image, skip
+from hypersd.data.transforms import Fitted, ImageTransform, describe_skipped, fit_records, open_image, skip
 from hypersd.errors import UserError
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -207,16 +207,17 @@ class ShardStream:
                 n += 1
 
     def _epoch(self, epoch: int, skip_first: int) -> Iterator[tuple[str, Fitted]]:
+        """The epoch's items in buffer-shuffled order; the first `skip_first` (taken before a resume)
+        are passed over undecoded."""
         rng = random.Random(f"{self.seed}:buffer:{epoch}:{self.rank}")
-        for i, record in enumerate(shuffled(self._records(epoch), self.shuffle_buffer, rng)):
-            self.consumed = i + 1
-            if i < skip_first:
-                continue
-            image = open_image(record.image)
-            if image is None:
-                skip(self.skipped, "unreadable image")
-                continue
-            yield record.caption, self.transform(image, random.Random(f"{self.seed}:{epoch}:{record.key}"))
+
+        def taken() -> Iterator[Record]:
+            for i, record in enumerate(shuffled(self._records(epoch), self.shuffle_buffer, rng)):
+                self.consumed = i + 1
+                if i >= skip_first:
+                    yield record
+
+        yield from fit_records(taken(), self.transform, f"{self.seed}:{epoch}", self.skipped)
 
     def _stream(self) -> Iterator[tuple[str, Fitted]]:
         while True:
@@ -255,7 +256,3 @@ class ShardStream:
         what = describe_skipped(counts) if counts else "no items"
         return UserError(f"no usable training items in tar shards {self.spec} "
                          f"({len(self.shards)} shards; {what})")
-
-    def summary(self) -> str:
-        return (f"tar shards {self.spec}: {len(self.shards)} shards, rank {self.rank}/{self.world_size}, "
-                f"epoch {self.epoch}, skipped: {describe_skipped(self.skipped)}")

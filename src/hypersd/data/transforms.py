@@ -16,6 +16,7 @@ import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -103,6 +104,29 @@ class ImageTransform:
 
     def __call__(self, image: Image.Image, rng: random.Random | None = None) -> Fitted:
         return fit(image, self.target(image.height, image.width), self.crop, rng)
+
+
+def fit_records(records: Iterable, transform: ImageTransform, seed: str,
+                skipped: dict[str, int]) -> Iterator[tuple[str, Fitted]]:
+    """(caption, fitted image) for every record (.key, .caption, .image) whose image decodes; random
+    crops seeded by `seed` and the record's key; undecodable images counted in `skipped`."""
+    for record in records:
+        image = open_image(record.image)
+        if image is None:
+            skip(skipped, "unreadable image")
+            continue
+        yield record.caption, transform(image, random.Random(f"{seed}:{record.key}"))
+
+
+def collate(items: list[tuple[str, Fitted]]):
+    """(images in [-1, 1] as an (n, 3, h, w) tensor, time_ids (n, 6) float32, captions) of fitted items."""
+    import torch
+
+    from hypersd.shapes.batches import to_tensor
+
+    images = to_tensor(np.stack([fitted.array for _, fitted in items]))
+    time_ids = torch.tensor([fitted.time_ids for _, fitted in items], dtype=torch.float32)
+    return images, time_ids, [caption for caption, _ in items]
 
 
 def skip(skipped: dict[str, int], reason: str, n: int = 1) -> None:

@@ -10,14 +10,14 @@ cache written by `hypersd cache` (text conditioning included, see hypersd.data.c
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from hypersd.data.transforms import ImageTransform, collate, describe_skipped, fit_records
 from hypersd.errors import UserError
+from hypersd.models.adapter import Conditioning
 from hypersd.progress import progress
 
 
@@ -30,7 +30,7 @@ class Batch:
     latents: torch.Tensor
     captions: list[str]
     time_ids: torch.Tensor | None = None
-    cond: object | None = None  # hypersd.models.adapter.Conditioning
+    cond: Conditioning | None = None
 
 
 @dataclass
@@ -69,12 +69,14 @@ class BucketPool:
     source: str
     skipped: dict[str, int] = field(default_factory=dict)
 
+    def __post_init__(self):
+        self.sizes = torch.tensor([len(p) for p in self.pools], dtype=torch.float)
+
     def __len__(self) -> int:
-        return sum(len(p) for p in self.pools)
+        return int(self.sizes.sum())
 
     def draw(self, batch: int) -> Batch:
-        sizes = torch.tensor([len(p) for p in self.pools], dtype=torch.float)
-        return self.pools[int(torch.multinomial(sizes, 1))].draw(batch)
+        return self.pools[int(torch.multinomial(self.sizes, 1))].draw(batch)
 
     def info(self) -> dict:
         buckets = {"x".join(str(int(v)) for v in p.time_ids[0, 4:]): len(p) for p in self.pools}  # pixels
@@ -88,13 +90,10 @@ class StreamPool:
         self.vae, self.stream = vae, stream
 
     def draw(self, batch: int) -> Batch:
-        from hypersd.shapes.batches import to_tensor
-
-        items = self.stream.next_batch(batch)
-        means, stds = _posterior(self.vae, to_tensor(np.stack([fitted.array for _, fitted in items])))
+        images, time_ids, captions = collate(self.stream.next_batch(batch))
+        means, stds = posterior(self.vae, images)
         latents = means + stds * torch.randn_like(means)
-        time_ids = torch.tensor([fitted.time_ids for _, fitted in items], dtype=torch.float32)
-        return Batch(latents * self.vae.config.scaling_factor, [caption for caption, _ in items], time_ids)
+        return Batch(latents * self.vae.config.scaling_factor, captions, time_ids)
 
     @property
     def skipped(self) -> dict[str, int]:
@@ -109,7 +108,7 @@ class StreamPool:
     def info(self) -> dict:
         s = self.stream
         return {"source": s.spec, "shards": len(s.shards), "rank": s.rank, "world_size": s.world_size,
-                **s.state_dict(), "skipped": s.skipped, "summary": s.summary()}
+                **s.state_dict(), "skipped": s.skipped}
 
 
 class CachePool:
@@ -125,23 +124,24 @@ class CachePool:
         return len(self.cache)
 
     def draw(self, batch: int) -> Batch:
-        from hypersd.models.adapter import Conditioning
-
         idx = torch.randint(0, len(self), (batch,)).tolist()
+        where = self.cache.locate(idx)
         rows = self.cache.rows
-        means, stds = rows(idx, "mean"), rows(idx, "std")
+        means, stds, time_ids = rows(where, "mean"), rows(where, "std"), rows(where, "time_ids")
         latents = means + stds * torch.randn_like(means)
-        extra = {k: rows(idx, f"extra.{k}").to(self.device) for k in self.cache.extra_keys}
-        cond = Conditioning(rows(idx, "hidden_states").to(self.device), extra or None)
-        return Batch(latents * self.scaling_factor, [self.cache.captions[i] for i in idx],
-                     rows(idx, "time_ids"), cond)
+        extra = {k: rows(where, f"extra.{k}").to(self.device) for k in self.cache.extra_keys}
+        if extra:  # SDXL: the size ids are part of the conditioning (stored once, as time_ids)
+            extra["time_ids"] = time_ids.to(self.device)
+        cond = Conditioning(rows(where, "hidden_states").to(self.device), extra or None)
+        return Batch(latents * self.scaling_factor, [self.cache.captions[i] for i in idx], time_ids, cond)
 
     def info(self) -> dict:
         return {"source": str(self.cache.folder), "cache": len(self), "skipped": self.skipped}
 
 
 @torch.no_grad()
-def _posterior(vae, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def posterior(vae, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The VAE posterior's mean and std (fp32, on the CPU) of images in [-1, 1]."""
     dist = vae.encode(images.to(vae.device, vae.dtype)).latent_dist
     return dist.mean.float().cpu(), dist.std.float().cpu()
 
@@ -149,7 +149,7 @@ def _posterior(vae, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _encode(vae, images: torch.Tensor, batch: int = 250):
     means, stds = [], []
     for start in progress(range(0, len(images), batch), desc="encode latents"):
-        mean, std = _posterior(vae, images[start:start + batch])
+        mean, std = posterior(vae, images[start:start + batch])
         means.append(mean)
         stds.append(std)
     return torch.cat(means), torch.cat(stds)
@@ -167,32 +167,19 @@ def folder_pool(vae, root: Path, transform, seed: int) -> LatentPool | BucketPoo
     """Every usable image of an image folder, fitted by `transform` (random crops drawn once per
     file, seeded) and encoded; one pool per image size."""
     from hypersd.data.sources import iter_records
-    from hypersd.data.transforms import describe_skipped, open_image, skip
-    from hypersd.shapes.batches import to_tensor
 
-    if not Path(root).is_dir():
-        raise UserError(f"data folder not found: {root}")
     skipped: dict[str, int] = {}
-    groups: dict[tuple[int, int], tuple[list, list, list]] = {}
-    for record in iter_records(str(root), skipped):
-        image = open_image(record.image)
-        if image is None:
-            skip(skipped, "unreadable image")
-            continue
-        fitted = transform(image, random.Random(f"{seed}:{record.key}"))
-        arrays, captions, time_ids = groups.setdefault(fitted.array.shape[:2], ([], [], []))
-        arrays.append(fitted.array)
-        captions.append(record.caption)
-        time_ids.append(fitted.time_ids)
+    groups: dict[tuple[int, int], list] = {}
+    for caption, fitted in fit_records(iter_records(str(root), skipped), transform, str(seed), skipped):
+        groups.setdefault(fitted.array.shape[:2], []).append((caption, fitted))
     if not groups:
         what = describe_skipped(skipped) if skipped else "no images"
         raise UserError(f"no usable training images in {root} ({what})")
     pools = []
     for size in sorted(groups):
-        arrays, captions, time_ids = groups[size]
-        means, stds = _encode(vae, to_tensor(np.stack(arrays)))
-        pools.append(LatentPool(means, stds, captions, vae.config.scaling_factor,
-                                torch.tensor(time_ids, dtype=torch.float32), str(root), skipped))
+        images, time_ids, captions = collate(groups[size])
+        means, stds = _encode(vae, images)
+        pools.append(LatentPool(means, stds, captions, vae.config.scaling_factor, time_ids, str(root), skipped))
     return pools[0] if len(pools) == 1 else BucketPool(pools, str(root), skipped)
 
 
@@ -201,7 +188,6 @@ def build_pool(vae, data, model_dir: Path | None = None, rank: int = 0, world_si
     model, which a latent cache must have been made with; (rank, world_size): which part of tar
     shards this process reads."""
     from hypersd.data.sources import source_kind
-    from hypersd.data.transforms import ImageTransform
 
     kind = source_kind(data.source)
     if kind == "shapes":
