@@ -28,22 +28,18 @@ def unet_key(key: str, layers: int, up_attention: list[bool]) -> str:
     for old, new in simple.items():
         if key.startswith(old + "."):
             return new + key[len(old):]
-    if m := re.match(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", key):
-        block, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
-        index = 1 + (layers + 1) * block + j
-        return f"input_blocks.{index}.0.{_rename_resnet(rest, RESNET)}" if kind == "resnets" \
-            else f"input_blocks.{index}.1.{rest}"
+    if m := re.match(r"(down|up)_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", key):
+        block, kind, j, rest = int(m[2]), m[3], int(m[4]), m[5]
+        # input level 0 is conv_in; an up block holds layers + 1 resnets (one per skip connection)
+        name, index = ("input_blocks", 1 + (layers + 1) * block + j) if m[1] == "down" \
+            else ("output_blocks", (layers + 1) * block + j)
+        return f"{name}.{index}.0.{_rename_resnet(rest, RESNET)}" if kind == "resnets" else f"{name}.{index}.1.{rest}"
     if m := re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", key):
         return f"input_blocks.{(layers + 1) * (int(m[1]) + 1)}.0.op.{m[2]}"
     if m := re.match(r"mid_block\.resnets\.(\d+)\.(.*)", key):
         return f"middle_block.{2 * int(m[1])}.{_rename_resnet(m[2], RESNET)}"
     if m := re.match(r"mid_block\.attentions\.0\.(.*)", key):
         return f"middle_block.1.{m[1]}"
-    if m := re.match(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", key):
-        block, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
-        index = (layers + 1) * block + j  # up blocks hold layers + 1 resnets
-        return f"output_blocks.{index}.0.{_rename_resnet(rest, RESNET)}" if kind == "resnets" \
-            else f"output_blocks.{index}.1.{rest}"
     if m := re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)", key):
         block = int(m[1])
         return f"output_blocks.{(layers + 1) * block + layers}.{2 if up_attention[block] else 1}.conv.{m[2]}"

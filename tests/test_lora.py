@@ -5,10 +5,12 @@ import json
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
+from safetensors.torch import save_file
 
 from hypersd.errors import UserError
-from hypersd.lora import add_lora, inference_settings, read_metadata, save_lora
+from hypersd.lora import INFERENCE_KEY, add_lora, inference_settings, read_metadata, save_lora
 from hypersd.recipe import Lora
+from hypersd.sampling import LoraSpec
 
 SETTINGS = {"scheduler": "ddim-trailing", "steps": 4, "guidance": 0.0, "eta": 0.0}
 
@@ -108,6 +110,28 @@ def test_sample_applies_the_lora_settings_unless_overridden(tiny_pipeline_dir, t
     assert (overridden["scheduler"], overridden["steps"], overridden["eta"]) == ("tcd", 3, 1.0)
 
 
+def test_a_recommendation_is_taken_whole_and_gives_way_to_another_scheduler(tmp_path):
+    """A LoRA's settings replace a model folder's as a whole (no LCM timesteps left beside a DDIM
+    LoRA's steps), and a TCD eta is dropped when the user picks another scheduler."""
+    from hypersd.sampling import resolve_settings
+
+    folder = tmp_path / "one-step"
+    folder.mkdir()
+    (folder / "hypersd_inference.json").write_text(json.dumps({"scheduler": "lcm", "steps": 1, "timesteps": [800]}))
+    lora = tmp_path / "k8.safetensors"
+    save_file({"unet.x.lora_A.weight": torch.zeros(1, 1)}, lora,
+              metadata={INFERENCE_KEY: json.dumps({"scheduler": "ddim-trailing", "steps": 8})})
+    none = {"steps": None, "scheduler": None, "guidance": None, "eta": None, "timesteps": None}
+    chosen = resolve_settings(none, [LoraSpec(lora)], folder)
+    assert (chosen["scheduler"], chosen["steps"], chosen["timesteps"]) == ("ddim-trailing", 8, None)
+    tcd = tmp_path / "unified.safetensors"
+    save_file({"unet.x.lora_A.weight": torch.zeros(1, 1)}, tcd,
+              metadata={INFERENCE_KEY: json.dumps({"scheduler": "tcd", "steps": 4, "eta": 0.3})})
+    assert resolve_settings(none, [LoraSpec(tcd)])["eta"] == 0.3
+    assert resolve_settings({**none, "scheduler": "ddim-trailing"}, [LoraSpec(tcd)])["eta"] is None
+    assert resolve_settings({**none, "steps": 2}, [LoraSpec(tcd)])["eta"] == 0.3  # same scheduler
+
+
 def test_stored_timesteps_give_way_to_other_steps_or_scheduler(tmp_path):
     from hypersd.sampling import resolve_settings
 
@@ -119,6 +143,9 @@ def test_stored_timesteps_give_way_to_other_steps_or_scheduler(tmp_path):
     four = resolve_settings({**none, "steps": 4}, [], folder)
     assert (four["scheduler"], four["steps"], four["timesteps"]) == ("lcm", 4, None)
     assert resolve_settings({**none, "timesteps": [999]}, [], folder)["timesteps"] == [999]
+    assert resolve_settings({**none, "scheduler": "lcm"}, [], folder)["timesteps"] == [800]  # same scheduler
+    ddim = resolve_settings({**none, "scheduler": "ddim-trailing"}, [], folder)
+    assert (ddim["scheduler"], ddim["steps"], ddim["timesteps"]) == ("ddim-trailing", 1, None)
     (folder / "hypersd_inference.json").write_text("{nope")
     with pytest.raises(UserError, match="hypersd_inference.json is not valid JSON"):
         resolve_settings(none, [], folder)

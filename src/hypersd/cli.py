@@ -561,7 +561,8 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="Report folder."),
 
 
 @app.command("cache")
-def cache_cmd(model: Path = typer.Option(..., help="Diffusers pipeline folder whose VAE and text encoder(s) encode."),
+def cache_cmd(model: Path = typer.Option(..., help="Model whose VAE and text encoder(s) encode: diffusers folder or "
+                                                    "single-file checkpoint (with --model-config)."),
               data: str = typer.Option(..., "--data", help="Image folder or tar shards (a .tar, shards-{000..009}.tar, "
                                                            "a glob or a folder of .tar files)."),
               out: Path = typer.Option(..., "--out", help="Cache folder to write (safetensors shards + cache-index.json)."),
@@ -574,23 +575,19 @@ def cache_cmd(model: Path = typer.Option(..., help="Diffusers pipeline folder wh
     and size ids of every usable item. Train on it with data.source: OUT (same model and resolution)."""
     from hypersd.data.cache import write_cache
     from hypersd.data.sources import source_kind
-    from hypersd.data.transforms import describe_skipped
-    from hypersd.errors import require_model_folder
+    from hypersd.data.transforms import CROPS, describe_skipped
+    from hypersd.errors import require_model
+    from hypersd.pretrain import resolve_device
 
     require(batch_size > 0, f"--batch-size must be positive, got {batch_size}")
     require(resolution is None or resolution >= 8, f"--resolution must be at least 8, got {resolution}")
-    require(crop in ("center", "random"), f"--crop must be center or random, got {crop!r}")
+    require(crop in CROPS, f"--crop must be one of {', '.join(CROPS)}, got {crop!r}")
     require(device in ("auto", "cpu", "cuda"), f"--device must be auto, cpu or cuda, got {device!r}")
     kind = source_kind(data)
     require(kind in ("folder", "shards"), f"--data must be an image folder or tar shards, got {kind} data: {data}")
-    if not model.is_file():
-        require_model_folder(model)
+    require_model(model)
     require_writable_dir(out.parent)
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    index = write_cache(model, data, out, resolution, crop, batch_size, seed=seed, device=device)
+    index = write_cache(model, data, out, resolution, crop, batch_size, seed=seed, device=str(resolve_device(device)))
     typer.echo(f"wrote {index['count']} items to {out} ({len(index['shards'])} shards, resolution "
                f"{index['resolution']}; skipped: {describe_skipped(index['skipped'])})")
 

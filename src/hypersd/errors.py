@@ -23,10 +23,13 @@ def require_model_folder(path: Path) -> Path:
     return path
 
 
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")  # single-file checkpoints (.ckpt only with --allow-pickle)
+
+
 def require_model(path: Path) -> Path:
-    """A diffusers pipeline folder or a single-file checkpoint (.safetensors, or .ckpt with --allow-pickle)."""
+    """A diffusers pipeline folder or an existing single-file checkpoint."""
     path = Path(path)
-    if path.suffix in (".safetensors", ".ckpt"):
+    if path.suffix in SINGLE_FILE_SUFFIXES:
         require(path.is_file(), f"model checkpoint not found: {path}")
         return path
     return require_model_folder(path)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hypersd.errors import UserError, require, require_model_folder
+from hypersd.errors import UserError, require, require_model, require_model_folder
 
 SCHEDULERS = ("ddim", "ddim-trailing", "tcd", "lcm", "euler", "dpmpp")
 
@@ -112,11 +112,15 @@ def model_settings(model: Path | None) -> dict:
 
 def resolve_settings(given: dict, loras: list[LoraSpec], model: Path | None = None,
                      fallback: dict | None = None) -> dict:
-    """What the user gave, else what the LoRA recommends, else `fallback` (e.g. a one-step UNet
-    file's convention), else the model folder's settings, else the defaults (None = not given)."""
-    chosen = {**SETTING_DEFAULTS, **model_settings(model), **(fallback or {}), **recommended_settings(loras)}
-    if given.get("timesteps") is None and (given.get("steps") is not None or given.get("scheduler") is not None):
-        chosen["timesteps"] = None  # stored custom timesteps belong to the stored steps and scheduler
+    """What the user gave over one recommendation taken whole: the LoRA's, else `fallback` (e.g. a
+    one-step UNet file's convention), else the model folder's, else the defaults (None = not given).
+    A recommendation's eta and timesteps belong to its scheduler (and timesteps to its steps): they
+    are dropped when the user picks another scheduler (or other steps)."""
+    chosen = {**SETTING_DEFAULTS, **(recommended_settings(loras) or fallback or model_settings(model))}
+    if given.get("scheduler") is not None and given["scheduler"] != chosen["scheduler"]:
+        chosen.update(eta=None, timesteps=None)
+    if given.get("steps") is not None:
+        chosen["timesteps"] = None
     chosen.update({key: value for key, value in given.items() if value is not None})
     return chosen
 
@@ -147,19 +151,18 @@ def make_scheduler(name: str, base_config):
 
 
 PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")  # what training and sampling support
-SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 
 
 def load_pipeline(model: Path, dtype: torch.dtype = torch.float32, model_config: Path | None = None):
     """An SD1.x or SDXL pipeline from a diffusers folder or a single-file checkpoint, offline, progress
     bar off. A single file needs `model_config` (or $HYPERSD_MODEL_CONFIG): a diffusers folder of the
     same architecture whose configs and tokenizers are used (its weights are not read)."""
-    model = Path(model)
+    model = require_model(model)
     allow_pickle = os.environ.get("HYPERSD_ALLOW_PICKLE") == "1"
-    if model.suffix in SINGLE_FILE_SUFFIXES:
+    if model.is_file():
         pipe = _load_single_file(model, dtype, model_config or os.environ.get("HYPERSD_MODEL_CONFIG"), allow_pickle)
     else:
-        pipe = _load_folder(require_model_folder(model), dtype, allow_pickle)
+        pipe = _load_folder(model, dtype, allow_pickle)
     pipe.set_progress_bar_config(disable=True)
     pipe.hypersd_scheduler_config = dict(pipe.scheduler.config)  # every sampler is built from this
     return pipe
@@ -198,7 +201,6 @@ def _load_single_file(path: Path, dtype: torch.dtype, config, allow_pickle: bool
     from_single_file, with the configs of a local diffusers folder (nothing fetched)."""
     import diffusers
 
-    require(path.is_file(), f"model checkpoint not found: {path}")
     require(path.suffix == ".safetensors" or allow_pickle,
             f"{path} is a pickle checkpoint; pass --allow-pickle if you trust it, or convert it to .safetensors")
     require(config is not None, f"a single-file checkpoint needs --model-config DIR: a diffusers folder of the same "
