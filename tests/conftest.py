@@ -65,15 +65,14 @@ def tiny_sdxl_dir(tmp_path_factory):
     return root / "pipe"
 
 
-@pytest.fixture(scope="session")
-def tiny_controlnet_dir(tiny_pipeline_dir, tmp_path_factory):
-    """A tiny ControlNet for `tiny_pipeline_dir` (diffusers folder, safetensors). Its zero
+def _tiny_controlnet(pipeline_dir, folder):
+    """A tiny ControlNet for the pipeline folder's UNet (diffusers folder, safetensors). Its zero
     convolutions (conditioning output, down and mid residual convs) get random weights, so that,
     unlike a freshly initialised ControlNet, it changes the images."""
     from diffusers import ControlNetModel, UNet2DConditionModel
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel.from_pretrained(tiny_pipeline_dir / "unet")
+    unet = UNet2DConditionModel.from_pretrained(pipeline_dir / "unet")
     # one stride-2 conv per VAE downsampling: 32x32 control image -> 8x8 latents
     controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 16))
     zero_convs = [controlnet.controlnet_cond_embedding.conv_out, controlnet.controlnet_mid_block,
@@ -82,9 +81,18 @@ def tiny_controlnet_dir(tiny_pipeline_dir, tmp_path_factory):
         for conv in zero_convs:
             conv.weight.normal_(0.0, 0.3)
             conv.bias.normal_(0.0, 0.3)
-    folder = tmp_path_factory.mktemp("tiny-controlnet") / "controlnet"
     controlnet.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_controlnet_dir(tiny_pipeline_dir, tmp_path_factory):
+    return _tiny_controlnet(tiny_pipeline_dir, tmp_path_factory.mktemp("tiny-controlnet") / "controlnet")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_controlnet_dir(tiny_sdxl_dir, tmp_path_factory):
+    return _tiny_controlnet(tiny_sdxl_dir, tmp_path_factory.mktemp("tiny-controlnet-xl") / "controlnet")
 
 
 @pytest.fixture(scope="session")

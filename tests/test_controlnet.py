@@ -191,33 +191,11 @@ def test_bad_control_input(case, needle, tiny_pipeline_dir, tiny_controlnet_dir,
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.tmp").exists()
 
 
-def _tiny_sdxl_dir(request):
-    """The shared tiny SDXL pipeline, or a skip where this checkout has no SDXL support yet."""
-    import hypersd.sampling
-
-    if "StableDiffusionXLPipeline" not in getattr(hypersd.sampling, "PIPELINES", ()):
-        pytest.skip("load_pipeline has no SDXL support in this checkout")
-    try:
-        return request.getfixturevalue("tiny_sdxl_dir")
-    except pytest.FixtureLookupError:
-        pytest.skip("no tiny_sdxl_dir fixture in this checkout")
-
-
-def test_sdxl_base_gets_the_sdxl_controlnet_pipeline(request, square_png, tmp_path, cli):
-    import torch
-    from diffusers import ControlNetModel, UNet2DConditionModel
-
-    sdxl = _tiny_sdxl_dir(request)
-    torch.manual_seed(0)
-    controlnet = ControlNetModel.from_unet(UNet2DConditionModel.from_pretrained(sdxl / "unet"),
-                                           conditioning_embedding_out_channels=(8, 16, 16))
-    with torch.no_grad():
-        for conv in [controlnet.controlnet_cond_embedding.conv_out, controlnet.controlnet_mid_block,
-                     *controlnet.controlnet_down_blocks]:
-            conv.weight.normal_(0.0, 0.3)
-    controlnet.save_pretrained(tmp_path / "cn-xl", safe_serialization=True)
+def test_sdxl_base_gets_the_sdxl_controlnet_pipeline(tiny_sdxl_dir, tiny_sdxl_controlnet_dir, square_png,
+                                                     tmp_path, cli):
+    sdxl = tiny_sdxl_dir
     base = ["a red circle", "--base", sdxl, "--steps", 1]
-    control = ["--controlnet", tmp_path / "cn-xl", "--control-image", square_png]
+    control = ["--controlnet", tiny_sdxl_controlnet_dir, "--control-image", square_png]
     outs = {}
     for name, extra in [("plain", []), ("cn", control), ("cn0", [*control, "--control-scale", 0])]:
         code, printed = cli(*base, *extra, "--out", tmp_path / name)

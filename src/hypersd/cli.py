@@ -13,7 +13,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import typer  # noqa: E402
 
-from hypersd.errors import UserError, require, require_writable_dir  # noqa: E402
+from hypersd.errors import UserError, pickle_allowed, require, require_writable_dir  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Hyper-SD: distill diffusion models into 1-8 step generators.")
@@ -217,7 +217,7 @@ def rewards_convert_head(source: Path = typer.Argument(..., help="Released aesth
     from hypersd.rewards import convert_head
 
     require_writable_dir(out.parent)
-    convert_head(source, out, allow_pickle=os.environ.get("HYPERSD_ALLOW_PICKLE") == "1")
+    convert_head(source, out, allow_pickle=pickle_allowed())
     typer.echo(f"wrote {out}")
 
 
@@ -229,7 +229,7 @@ def rewards_convert_image_reward(source: Path = typer.Argument(..., help="Releas
     from hypersd.rewards.image_reward import convert_release
 
     require_writable_dir(out.parent)
-    convert_release(source, tokenizer, out, allow_pickle=os.environ.get("HYPERSD_ALLOW_PICKLE") == "1")
+    convert_release(source, tokenizer, out, allow_pickle=pickle_allowed())
     typer.echo(f"wrote {out}")
 
 

@@ -10,15 +10,13 @@ replaced UNet and the scheduler handling are exactly those of plain generation; 
 
 from __future__ import annotations
 
-import inspect
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from hypersd.errors import UserError, require
+from hypersd.errors import UserError, load_error, pickle_allowed, require
 
 CONTROLS = ("canny", "scribble", "none")
 CONTROL_FILE = "control.png"  # the preprocessed control image, saved beside the samples
@@ -121,13 +119,11 @@ def load_controlnet(folder: Path, dtype=None):
     """A diffusers ControlNetModel from a local folder (safetensors unless --allow-pickle)."""
     from diffusers import ControlNetModel
 
-    allow_pickle = os.environ.get("HYPERSD_ALLOW_PICKLE") == "1"
     try:
         return ControlNetModel.from_pretrained(folder, local_files_only=True, dtype=dtype,
-                                               use_safetensors=None if allow_pickle else True)
+                                               use_safetensors=None if pickle_allowed() else True)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"cannot load ControlNet folder {folder}: {message}") from None
+        raise load_error("ControlNet folder", folder, exc) from None
 
 
 def check_fits(controlnet, unet, folder: Path) -> None:
@@ -140,26 +136,16 @@ def check_fits(controlnet, unet, folder: Path) -> None:
                                 f"UNet's {theirs})")
 
 
-def is_sdxl(pipe) -> bool:
-    return "XL" in type(pipe).__name__ or "text_encoder_2" in pipe.components
-
-
 def controlnet_pipeline(pipe, controlnet):
-    """The ControlNet pipeline over `pipe`'s own modules (LoRAs and replaced UNet included), with the
-    base's settings (safety checker flag, SDXL empty-prompt zeros and watermark) carried over."""
+    """The SD or SDXL ControlNet pipeline over `pipe`'s own modules (LoRAs and a replaced UNet
+    included) and settings."""
     from diffusers import StableDiffusionControlNetPipeline, StableDiffusionXLControlNetPipeline
 
-    cls = StableDiffusionXLControlNetPipeline if is_sdxl(pipe) else StableDiffusionControlNetPipeline
-    accepted = inspect.signature(cls.__init__).parameters
-    options = {k: v for k, v in pipe.config.items() if k in accepted and k not in pipe.components}
-    if "add_watermarker" in accepted:
-        options["add_watermarker"] = getattr(pipe, "watermark", None) is not None
-    components = {k: v for k, v in pipe.components.items() if k in accepted}
-    wrapped = cls(**components, **options, controlnet=controlnet)
-    wrapped.set_progress_bar_config(disable=True)
-    own_config = getattr(pipe, "hypersd_scheduler_config", None)  # every sampler is built from this
-    wrapped.hypersd_scheduler_config = own_config or dict(pipe.scheduler.config)
-    return wrapped
+    from hypersd.sampling import derived_pipeline
+
+    sdxl = getattr(pipe, "text_encoder_2", None) is not None
+    cls = StableDiffusionXLControlNetPipeline if sdxl else StableDiffusionControlNetPipeline
+    return derived_pipeline(pipe, cls, controlnet=controlnet)
 
 
 def with_controlnet(pipe, spec: ControlSpec, image: Image.Image):

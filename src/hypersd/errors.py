@@ -10,6 +10,22 @@ class UserError(Exception):
     """Bad input from the user; the CLI prints `error: <message>` and exits with status 2."""
 
 
+def pickle_allowed() -> bool:
+    """Whether the user passed --allow-pickle (pickle-based weight files are refused otherwise)."""
+    import os
+
+    return os.environ.get("HYPERSD_ALLOW_PICKLE") == "1"
+
+
+def load_error(what: str, path: Path, exc: Exception) -> UserError:
+    """One line for weights diffusers could not load, pointing at --allow-pickle where that is why."""
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if not pickle_allowed() and "safetensors" in message.lower():
+        return UserError(f"cannot load {what} {path}: no safetensors weights (pickle checkpoints are refused; "
+                         "pass --allow-pickle if you trust the files)")
+    return UserError(f"cannot load {what} {path}: {message}")
+
+
 def require(condition: bool, message: str) -> None:
     if not condition:
         raise UserError(message)

@@ -145,21 +145,13 @@ def load_into_adapter(unet, path: Path, name: str) -> int:
 
 
 def fused_unet(unet, adapters: list[str]):
-    """A plain copy of a peft-adapted UNet with `adapters` merged into its weights at their current
-    scales (peft's LoraLayer.merge) and every LoRA layer replaced by its base layer: the starting
-    point of a full-UNet student. The original is not touched."""
+    """A plain fp32 copy of a peft-adapted UNet with `adapters` fused into its weights at their
+    current scales (diffusers' fuse_lora, then unload_lora): the starting point of a full-UNet
+    student. Cast before fusing, so that a bf16 base does not round the LoRA deltas away. The
+    original is not touched."""
     import copy
 
-    from peft.tuners.lora import LoraLayer
-
-    fused = copy.deepcopy(unet)
-    layers = [(name, module) for name, module in fused.named_modules() if isinstance(module, LoraLayer)]
-    for name, module in layers:
-        present = [a for a in adapters if a in module.lora_A or a in getattr(module, "lora_embedding_A", {})]
-        if present:
-            module.merge(adapter_names=present)
-        parent_name, _, child = name.rpartition(".")
-        setattr(fused.get_submodule(parent_name) if parent_name else fused, child, module.get_base_layer())
-    fused.__dict__.pop("peft_config", None)
-    fused._hf_peft_config_loaded = False
+    fused = copy.deepcopy(unet).float()
+    fused.fuse_lora(adapter_names=adapters)
+    fused.unload_lora()
     return fused

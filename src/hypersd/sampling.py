@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hypersd.errors import UserError, require, require_model, require_model_folder
+from hypersd.errors import UserError, load_error, pickle_allowed, require, require_model, require_model_folder
 
 SCHEDULERS = ("ddim", "ddim-trailing", "tcd", "lcm", "euler", "dpmpp")
 
@@ -158,7 +158,7 @@ def load_pipeline(model: Path, dtype: torch.dtype = torch.float32, model_config:
     bar off. A single file needs `model_config` (or $HYPERSD_MODEL_CONFIG): a diffusers folder of the
     same architecture whose configs and tokenizers are used (its weights are not read)."""
     model = require_model(model)
-    allow_pickle = os.environ.get("HYPERSD_ALLOW_PICKLE") == "1"
+    allow_pickle = pickle_allowed()
     if model.is_file():
         pipe = _load_single_file(model, dtype, model_config or os.environ.get("HYPERSD_MODEL_CONFIG"), allow_pickle)
     else:
@@ -166,14 +166,6 @@ def load_pipeline(model: Path, dtype: torch.dtype = torch.float32, model_config:
     pipe.set_progress_bar_config(disable=True)
     pipe.hypersd_scheduler_config = dict(pipe.scheduler.config)  # every sampler is built from this
     return pipe
-
-
-def _load_error(model: Path, exc: Exception, allow_pickle: bool) -> UserError:
-    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if not allow_pickle and "safetensors" in message.lower():
-        return UserError(f"cannot load model {model}: no safetensors weights (pickle checkpoints are refused; "
-                         "pass --allow-pickle if you trust the files)")
-    return UserError(f"cannot load model {model}: {message}")
 
 
 def _pipeline_class(folder: Path) -> str:
@@ -193,7 +185,7 @@ def _load_folder(model: Path, dtype: torch.dtype, allow_pickle: bool):
         return cls.from_pretrained(model, dtype=dtype, local_files_only=True,
                                    use_safetensors=None if allow_pickle else True)
     except (OSError, ValueError, KeyError) as exc:
-        raise _load_error(model, exc, allow_pickle) from None
+        raise load_error("model", model, exc) from None
 
 
 def _load_single_file(path: Path, dtype: torch.dtype, config, allow_pickle: bool):
@@ -209,7 +201,22 @@ def _load_single_file(path: Path, dtype: torch.dtype, config, allow_pickle: bool
     try:
         return cls.from_single_file(str(path), config=str(config), torch_dtype=dtype, local_files_only=True)
     except Exception as exc:  # diffusers raises many types for a checkpoint that does not fit the configs
-        raise _load_error(path, exc, allow_pickle) from None
+        raise load_error("model", path, exc) from None
+
+
+def derived_pipeline(pipe, cls=None, **components):
+    """`pipe` as another pipeline class (e.g. its ControlNet pipeline) or with some modules replaced,
+    sharing every other module and its config options (diffusers' from_pipe); the project's
+    sampler settings, the watermark choice and the quiet progress bar carried over."""
+    import inspect
+
+    cls = cls or type(pipe)
+    if "add_watermarker" in inspect.signature(cls.__init__).parameters:  # not stored in the config
+        components["add_watermarker"] = getattr(pipe, "watermark", None) is not None
+    other = cls.from_pipe(pipe, **components)
+    other.hypersd_scheduler_config = pipe.hypersd_scheduler_config
+    other.set_progress_bar_config(disable=True)
+    return other
 
 
 def load_unet_file(pipe, path: Path) -> None:

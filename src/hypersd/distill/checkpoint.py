@@ -72,9 +72,9 @@ def read_position(folder: Path) -> dict | None:
 
 
 def restore_checkpoint(folder: Path, unet, optimizers: dict | None = None, modules: dict | None = None,
-                       rank: int = 0) -> dict:
-    """Load adapter weights, module weights, optimizer and RNG states (process `rank`'s, else process
-    0's); returns the saved position."""
+                       rank: int = 0) -> bool:
+    """Load adapter weights, module weights, optimizer states and process `rank`'s RNG state; returns
+    whether the checkpoint had that RNG state (a checkpoint of fewer processes has not)."""
     folder = Path(folder)
     params = dict(unet.named_parameters())
     with torch.no_grad():
@@ -91,5 +91,6 @@ def restore_checkpoint(folder: Path, unet, optimizers: dict | None = None, modul
         if state and optimizer is not None:
             optimizer.load_state_dict(state)
     own = folder / rng_file(rank)
-    set_rng_state(load_file(own if own.is_file() else folder / rng_file(0)))
-    return read_position(folder)
+    if own.is_file():
+        set_rng_state(load_file(own))
+    return own.is_file()

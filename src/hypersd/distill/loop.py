@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from hypersd.distill.checkpoint import (read_position, restore_checkpoint, rng_file, rng_state, save_checkpoint,
+from hypersd.distill.checkpoint import (read_position, restore_checkpoint, rng_state, save_checkpoint,
                                        set_rng_state)
 from hypersd.distill.data import build_pool
 from hypersd.distill.ema import copy_adapter
@@ -185,8 +185,7 @@ class Run:
 
         if self.generator is None:
             self._set_feedback_scale(index)
-            fused = fused_unet(self.model.unet, self._roles(index)[0])
-            self.generator = fused.float().requires_grad_(True)  # trained weights in fp32 under autocast
+            self.generator = fused_unet(self.model.unet, self._roles(index)[0]).requires_grad_(True)
         return self.generator
 
     def _roles(self, index: int) -> tuple[list[str], list[str]]:
@@ -257,14 +256,14 @@ class Run:
             start = position["step"] if resuming else 0
             if resuming and self._needs_teacher_adapter(index) and start > 0:
                 self._add_teacher_adapter()  # its weights come from the checkpoint
-            if resuming and self._trains_unet(index):  # the full UNet is fused from the restored student LoRAs
+            if resuming and self._trains_unet(index):  # fuse the full UNet from the restored LoRAs (its own
+                # trained weights, if the checkpoint has them, come with the restore below)
                 restore_checkpoint(self.out / "checkpoint", self.model.unet, rank=acc.process_index)
             optimizer = self.accelerator.prepare(
                 make_optimizer(self._student_parameters(index), self.recipe.training.optimizer, stage.learning_rate))
             if resuming:
-                restore_checkpoint(self.out / "checkpoint", self.model.unet, *self._state(optimizer),
-                                   rank=acc.process_index)
-                if not (self.out / "checkpoint" / rng_file(acc.process_index)).is_file():
+                if not restore_checkpoint(self.out / "checkpoint", self.model.unet, *self._state(optimizer),
+                                          rank=acc.process_index):
                     torch.manual_seed(self._reseed(position))  # written by fewer processes
                 position = None
             if start == 0:
@@ -433,14 +432,9 @@ class Run:
 
     def _generator_pipeline(self):
         """The teacher's pipeline with the full-UNet student in place of its UNet (shared modules)."""
-        pipe = self.model.pipe
-        components = {**pipe.components, "unet": self.generator}
-        if "requires_safety_checker" in pipe.config:
-            components["requires_safety_checker"] = pipe.config.requires_safety_checker
-        other = type(pipe)(**components)
-        other.hypersd_scheduler_config = getattr(pipe, "hypersd_scheduler_config", None) or dict(pipe.scheduler.config)
-        other.set_progress_bar_config(disable=True)
-        return other
+        from hypersd.sampling import derived_pipeline
+
+        return derived_pipeline(self.model.pipe, unet=self.generator)
 
     def _save_pipeline(self, stage: Stage, folder: Path) -> None:
         """A full-UNet student as a complete diffusers pipeline folder (safetensors), its sampling
