@@ -243,3 +243,30 @@ def test_sharded_setups_are_refused_with_one_line(tiny_pipeline_dir, tmp_path, m
             Run(recipe, tiny_pipeline_dir, tmp_path / "run", device="cpu")
         monkeypatch.delenv(var)
     assert not (tmp_path / "run").exists()
+
+
+def _average_on_rank(rank: int, init_file: str, out: str) -> None:
+    """One of two gloo processes: known gradients per rank, one parameter without a gradient on
+    rank 1 only, one without a gradient anywhere; the averaged results go to `out`."""
+    import torch.distributed as dist
+
+    from hypersd.distill.parallel import average_gradients
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    both, partly, never = (torch.nn.Parameter(torch.zeros(3)) for _ in range(3))
+    both.grad = torch.full((3,), 1.0 + 2 * rank)            # 1 and 3: mean 2
+    partly.grad = torch.full((3,), 4.0) if rank == 0 else None  # (4 + 0) / 2
+    average_gradients([both, partly, never])
+    torch.save({"both": both.grad, "partly": partly.grad, "never": never.grad}, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_average_gradients_is_the_mean_over_processes(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_average_on_rank, args=(str(tmp_path / "init"), str(tmp_path / "grads")), nprocs=2)
+    for rank in (0, 1):
+        grads = torch.load(tmp_path / f"grads.{rank}", weights_only=True)
+        assert grads["both"].tolist() == [2.0] * 3        # averaged, not summed
+        assert grads["partly"].tolist() == [2.0] * 3      # a missing gradient counts as zero there
+        assert grads["never"] is None                     # none anywhere: stays None, as with one process

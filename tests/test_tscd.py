@@ -197,9 +197,13 @@ def test_eight_bit_adam_trains_and_resumes_exactly(tiny_pipeline_dir, tmp_path):
     in the checkpoint, and a killed run resumed ends with the same LoRA."""
     bnb = pytest.importorskip("bitsandbytes")
     recipe = _tiny_recipe(tmp_path, optimizer="adamw8bit")
+    recipe.lora.rank = recipe.lora.alpha = 32  # tensors of >= 4096 elements: bitsandbytes quantises those
     whole = Run(recipe, tiny_pipeline_dir, tmp_path / "whole")
     whole.train()
     Run(recipe, tiny_pipeline_dir, tmp_path / "killed").train(stop_after=5)
+    saved = torch.load(tmp_path / "killed" / "checkpoint" / "optimizer-student.pt", weights_only=True)
+    states = [s.get("__bnb_optimizer_quant_state__", s) for s in saved["state"].values()]  # bnb's own packing
+    assert any(s.get("state1") is not None and s["state1"].dtype == torch.uint8 for s in states)  # 8-bit states
     Run(recipe, tiny_pipeline_dir, tmp_path / "killed").train(resume=True)
     a = load_file(tmp_path / "whole" / "loras" / "tscd-k1.safetensors")
     b = load_file(tmp_path / "killed" / "loras" / "tscd-k1.safetensors")

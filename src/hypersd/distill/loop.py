@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import torch
+from accelerate.utils import gather_object
 
 from hypersd.distill.checkpoint import (read_position, restore_checkpoint, rng_state, save_checkpoint,
                                        set_rng_state)
@@ -40,15 +41,15 @@ from hypersd.distill.ema import copy_adapter
 from hypersd.distill.dmd import FAKE, ScoreDistillationStep
 from hypersd.distill.feedback import FeedbackLearning
 from hypersd.distill.optim import make_optimizer
-from hypersd.distill.parallel import (average_before_step, average_gradients, gather_objects, mean_over_processes,
+from hypersd.distill.parallel import (average_before_step, average_gradients, mean_over_processes,
                                       require_supported)
 from hypersd.distill.tscd import STUDENT, TARGET, TEACHER, TSCD
-
-FEEDBACK = "feedback"
 from hypersd.errors import UserError
 from hypersd.lora import add_lora, load_into_adapter, save_lora
 from hypersd.progress import progress
 from hypersd.recipe import Recipe, Stage
+
+FEEDBACK = "feedback"
 
 
 def stage_name(stage: Stage) -> str:
@@ -384,8 +385,8 @@ class Run:
         return optimizers, modules
 
     def _checkpoint(self, optimizer, index: int, step: int) -> None:
-        states = gather_objects(rng_state())  # every process's stream (all processes call this)
-        data = {"data": gather_objects(self.pool.state_dict())} if hasattr(self.pool, "state_dict") else {}
+        states = gather_object([rng_state()])  # every process's stream (all processes call this)
+        data = {"data": gather_object([self.pool.state_dict()])} if hasattr(self.pool, "state_dict") else {}
         if self.accelerator.is_main_process:
             save_checkpoint(self.out / "checkpoint", self.model.unet, {"stage": index, "step": step, **data},
                             *self._state(optimizer), rng_states=states)

@@ -32,11 +32,6 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def rank() -> int:
-    dist = torch.distributed
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
 def require_supported(accelerator=None) -> None:
     """Refuse distributed set-ups the run would silently mishandle (model sharding, XLA): those that
     `accelerate launch` asks for (checked before the Accelerator exists) and the Accelerator's type."""
@@ -106,12 +101,3 @@ def mean_over_processes(values: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     torch.distributed.all_reduce(stacked)
     stacked /= world_size()
     return dict(zip(keys, stacked.unbind()))
-
-
-def gather_objects(obj) -> list:
-    """Every process's `obj`, in rank order (a list of one with one process)."""
-    if world_size() == 1:
-        return [obj]
-    out = [None] * world_size()
-    torch.distributed.all_gather_object(out, obj)
-    return out
