@@ -40,22 +40,16 @@ SDXL_UNET = dict(sample_size=128, in_channels=4, out_channels=4, layers_per_bloc
 ARCHS = {"sd15": (SD15_UNET, 768, None), "sdxl": (SDXL_UNET, 2048, 1280)}  # UNet, text width, pooled width
 
 
-class UNetOnly:
-    """The slice of SDAdapter the training steps use, over a bare UNet (no pipeline, no text encoder)."""
+def unet_only(unet):
+    """The project's SDAdapter over a bare UNet with the SD noise schedule (no text encoder or VAE:
+    the training steps only call the UNet)."""
+    from types import SimpleNamespace
 
-    def __init__(self, unet):
-        from hypersd.models.adapter import SDAdapter
-        from hypersd.models.tiny_sd import build_noise_scheduler
+    from hypersd.models.adapter import SDAdapter
+    from hypersd.models.tiny_sd import build_noise_scheduler
 
-        self.unet, scheduler = unet, build_noise_scheduler()
-        self.alphas_cumprod = scheduler.alphas_cumprod.clone().float()
-        self.num_train_timesteps = 1000
-        for name in ("eps", "guided_eps", "adapter", "add_noise"):
-            setattr(self, name, getattr(SDAdapter, name).__get__(self))
-
-    @property
-    def device(self):
-        return self.unet.device
+    return SDAdapter(SimpleNamespace(unet=unet, vae=None, text_encoder=None, tokenizer=None,
+                                     scheduler=build_noise_scheduler()))
 
 
 def _conditioning(arch: str):
@@ -71,11 +65,10 @@ def _conditioning(arch: str):
 def one_step(mode: str, arch: str = "sd15", precision: str = "fp32", checkpointing: bool = False) -> dict:
     from diffusers import UNet2DConditionModel
 
-    from hypersd.distill.dmd import FAKE, ScoreDistillationStep
-    from hypersd.distill.tscd import STUDENT, TARGET, TSCD
+    from hypersd.distill.dmd import FAKE
+    from hypersd.distill.tscd import STUDENT, TARGET
     from hypersd.lora import add_lora
-    from hypersd.models.adapter import Conditioning
-    from hypersd.recipe import Lora, Stage
+    from hypersd.recipe import Lora
 
     torch.manual_seed(0)
     config = ARCHS[arch][0]
@@ -89,7 +82,7 @@ def one_step(mode: str, arch: str = "sd15", precision: str = "fp32", checkpointi
     for name in [STUDENT] + ([TARGET] if mode != "lora" else []) + ([FAKE] if mode == "dmd" else []):
         add_lora(unet, 64, 64, targets, name=name)
     unet.set_adapter(STUDENT)
-    model = UNetOnly(unet)
+    model = unet_only(unet)
     params = [p for k, p in unet.named_parameters() if f".{STUDENT}." in k]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
     side = config["sample_size"]

@@ -20,9 +20,25 @@ from hypersd.rewards.base import RewardModel
 REWARD_KINDS = ("shapes-clean", "shapes-presence", "laion-aesthetic", "image-reward")
 
 
+def parse_reward_spec(spec: str) -> tuple[str, list[Path]]:
+    """(kind, local paths) of a reward spec, with one clear line for a malformed one."""
+    kind, _, args = spec.partition(":")
+    if kind not in REWARD_KINDS:
+        raise UserError(f"unknown reward {kind!r}; choose one of {', '.join(REWARD_KINDS)}")
+    paths = [Path(p) for p in args.split(",") if p]
+    if kind == "shapes-clean" and paths or kind == "shapes-presence" and len(paths) > 1:
+        raise UserError(f"{kind} takes {'no argument' if kind == 'shapes-clean' else 'one segmenter folder'}, "
+                        f"got {spec!r}")
+    if kind == "laion-aesthetic" and len(paths) != 2:
+        raise UserError(f"laion-aesthetic needs CLIP_FOLDER,HEAD.safetensors, got {spec!r}")
+    if kind == "image-reward" and len(paths) != 1:
+        raise UserError("image-reward needs its folder: image-reward:FOLDER")
+    return kind, paths
+
+
 def load_reward(spec: str) -> RewardModel:
     """A frozen reward model from its spec (see the module docstring)."""
-    kind, _, args = spec.partition(":")
+    kind, paths = parse_reward_spec(spec)
     if kind == "shapes-clean":
         from hypersd.rewards.shapes_clean import ShapesCleanReward
 
@@ -30,32 +46,20 @@ def load_reward(spec: str) -> RewardModel:
     if kind == "shapes-presence":
         from hypersd.rewards.shapes_presence import ShapesPresenceReward
 
-        return ShapesPresenceReward(Path(args) if args else None)
+        return ShapesPresenceReward(paths[0] if paths else None)
     if kind == "laion-aesthetic":
         from hypersd.rewards.laion_aesthetic import LaionAestheticReward
 
-        parts = [p for p in args.split(",") if p]
-        if len(parts) != 2:
-            raise UserError(f"laion-aesthetic needs CLIP_FOLDER,HEAD.safetensors, got {spec!r}")
-        return LaionAestheticReward(Path(parts[0]), Path(parts[1]))
-    if kind == "image-reward":
-        from hypersd.rewards.image_reward import ImageReward
+        return LaionAestheticReward(*paths)
+    from hypersd.rewards.image_reward import ImageReward
 
-        if not args:
-            raise UserError("image-reward needs its folder: image-reward:FOLDER")
-        return ImageReward(Path(args))
-    raise UserError(f"unknown reward {kind!r}; choose one of {', '.join(REWARD_KINDS)}")
+    return ImageReward(paths[0])
 
 
 def check_reward_files(spec: str) -> None:
     """Fail now, in one line, if a reward's local weights are missing (not hours later, when the
     feedback stage starts and loads them)."""
-    kind, _, args = spec.partition(":")
-    if kind not in REWARD_KINDS:
-        raise UserError(f"unknown reward {kind!r}; choose one of {', '.join(REWARD_KINDS)}")
-    paths = [Path(p) for p in args.split(",") if p] if kind in ("laion-aesthetic", "image-reward") else []
-    if kind == "shapes-presence" and args:
-        paths = [Path(args)]
+    kind, paths = parse_reward_spec(spec)
     for path in paths:
         if not path.exists():
             raise UserError(f"reward {kind}: {path} not found (edit the recipe's feedback.rewards or pass --set)")
