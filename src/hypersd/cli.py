@@ -513,21 +513,14 @@ def distill(recipe: Optional[Path] = typer.Option(None, help="YAML recipe (defau
         return
     require(device in ("auto", "cpu", "cuda"), f"--device must be auto, cpu or cuda, got {device!r}")
     model = require_model(model or _assets().TEACHER)
-    created = not out.exists()
-    require_writable_dir(out)
+    require(not out.exists() or out.is_dir(), f"--out {out} is a file, not a run folder")
+    require_writable_dir(out if out.is_dir() else out.parent)  # the run creates `out` once model, LoRA and
+    # rewards are checked, so a refused run leaves no empty folder
     if not resume and (out / "checkpoint").exists():
         raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     from hypersd.distill.loop import Run
 
-    try:
-        run = Run(resolved, model, out, device=device, init_lora=init_lora)
-    except UserError:  # a model or LoRA we cannot use: leave no empty run folder behind
-        if created and out.is_dir() and not any(out.iterdir()):
-            from contextlib import suppress
-
-            with suppress(OSError):  # launched processes may race to remove it
-                out.rmdir()
-        raise
+    run = Run(resolved, model, out, device=device, init_lora=init_lora)
     metrics = run.train(resume=resume)
     if not run.accelerator.is_main_process:  # several processes: one report
         return
