@@ -279,9 +279,8 @@ def lora_fuse(model: Path = typer.Option(..., help="Diffusers pipeline folder.")
     """Write a full pipeline with the LoRA(s) fused into the UNet; the first LoRA's sampling settings
     go with it (hypersd_inference.json, applied by `hypersd sample --model OUT`)."""
     from hypersd.lora_fuse import fuse_into_pipeline
-    from hypersd.sampling import LoraSpec
 
-    specs = [LoraSpec.parse(x) for x in lora]
+    specs = _loras(lora)
     for spec in specs:
         require(spec.path.is_file(), f"LoRA file not found: {spec.path}")
     require_writable_dir(out.parent)
@@ -322,15 +321,32 @@ def _load_prompts(prompt: Optional[list[str]], prompts: Optional[Path]) -> list[
     return list(prompt)
 
 
-def _settings(steps: int, scheduler: str, guidance: float, eta: Optional[float], seed: int,
-              timesteps: Optional[str], lora: Optional[list[str]], batch_size: int):
-    from hypersd.sampling import LoraSpec, SampleSettings
+def _loras(lora: Optional[list[str]]) -> list:
+    from hypersd.sampling import LoraSpec
 
-    settings = SampleSettings(steps=steps, scheduler=scheduler, guidance=guidance, eta=eta, seed=seed,
-                              timesteps=_parse_timesteps(timesteps), batch_size=batch_size,
-                              loras=[LoraSpec.parse(x) for x in lora or []])
+    return [LoraSpec.parse(x) for x in lora or []]
+
+
+def _settings(chosen: dict, seed: int, loras: list, batch_size: Optional[int] = None):
+    """Validated SampleSettings from resolved settings (steps, scheduler, guidance, eta, timesteps)."""
+    from hypersd.sampling import SampleSettings
+
+    settings = SampleSettings(**{k: chosen[k] for k in ("steps", "scheduler", "guidance", "eta", "timesteps")},
+                              seed=seed, loras=loras)
+    if batch_size is not None:
+        settings.batch_size = batch_size
     settings.validate()
     return settings
+
+
+def _sample_and_write(pipe, prompts: list[str], settings, out: Path, extra_call: Optional[dict] = None,
+                      extra_record: Optional[dict] = None, extra_files: Optional[dict] = None) -> None:
+    """Image i with seed settings.seed + i, written with samples.jsonl and a grid (sample, generate)."""
+    from hypersd.sampling import generate, write_samples
+
+    seeds = [settings.seed + i for i in range(len(prompts))]
+    images = generate(pipe, prompts, settings, seeds, extra_call=extra_call)
+    write_samples(out, images, prompts, seeds, settings, extra_record=extra_record, extra_files=extra_files)
 
 
 @app.command()
@@ -353,21 +369,17 @@ def sample(model: Path = typer.Option(..., help="Diffusers pipeline folder."),
     Settings not given on the command line come from the first LoRA's metadata, if it has them, or
     from a distilled full-UNet model folder (hypersd_inference.json).
     """
-    from hypersd.sampling import LoraSpec, apply_loras, generate, load_pipeline, resolve_settings, write_samples
+    from hypersd.sampling import apply_loras, load_pipeline, resolve_settings
 
     given = {"steps": steps, "scheduler": scheduler, "guidance": guidance, "eta": eta,
              "timesteps": _parse_timesteps(timesteps)}
-    chosen = resolve_settings(given, [LoraSpec.parse(x) for x in lora or []], model)
-    timesteps_text = ",".join(map(str, chosen["timesteps"])) if chosen["timesteps"] else None
-    settings = _settings(chosen["steps"], chosen["scheduler"], chosen["guidance"], chosen["eta"], seed,
-                         timesteps_text, lora, batch_size)
+    specs = _loras(lora)
+    settings = _settings(resolve_settings(given, specs, model), seed, specs, batch_size)
     texts = _load_prompts(prompt, prompts)
     require_writable_dir(out.parent)
     pipe = load_pipeline(model)
     apply_loras(pipe, settings.loras)
-    seeds = [seed + i for i in range(len(texts))]
-    images = generate(pipe, texts, settings, seeds)
-    write_samples(out, images, texts, seeds, settings)
+    _sample_and_write(pipe, texts, settings, out)
     typer.echo(f"wrote {len(texts)} images to {out} (grid: {out / 'grid.png'})")
 
 
@@ -397,15 +409,12 @@ def generate(prompt: list[str] = typer.Argument(..., help="Prompt(s)."),
     unified LoRA: TCD; 1-step UNet: LCM at timestep 800); options override. With --controlnet, the
     preprocessed control image conditions every sample and is saved as control.png beside them."""
     from hypersd.conventions import released_settings
-    from hypersd.sampling import LoraSpec, apply_loras, generate as run_pipeline, load_pipeline, load_unet_file
-    from hypersd.sampling import resolve_settings, write_samples
+    from hypersd.sampling import apply_loras, load_pipeline, load_unet_file, resolve_settings
 
-    specs = [LoraSpec.parse(x) for x in lora or []]
     given = {"steps": steps, "scheduler": scheduler, "guidance": guidance, "eta": eta, "timesteps": None}
+    specs = _loras(lora)
     chosen = resolve_settings(given, specs, base, fallback=released_settings(unet.name) if unet else None)
-    timesteps_text = ",".join(map(str, chosen["timesteps"])) if chosen["timesteps"] else None
-    settings = _settings(chosen["steps"], chosen["scheduler"], chosen["guidance"], chosen["eta"], seed,
-                         timesteps_text, lora, 125)
+    settings = _settings(chosen, seed, specs)
     spec = _control_spec(controlnet, control_image, control, control_scale, canny_low, canny_high)
     raw_control = spec.validate() if spec else None  # bad control input fails before any model loads
     require_writable_dir(out.parent)
@@ -419,9 +428,7 @@ def generate(prompt: list[str] = typer.Argument(..., help="Prompt(s)."),
 
         pipe, control_png, extra_call = with_controlnet(pipe, spec, raw_control)
         extra_record, extra_files = spec.record(), {CONTROL_FILE: control_png}
-    seeds = [seed + i for i in range(len(prompt))]
-    images = run_pipeline(pipe, list(prompt), settings, seeds, extra_call=extra_call)
-    write_samples(out, images, list(prompt), seeds, settings, extra_record=extra_record, extra_files=extra_files)
+    _sample_and_write(pipe, list(prompt), settings, out, extra_call, extra_record, extra_files)
     typer.echo(f"wrote {len(prompt)} images to {out} ({settings.scheduler}, {settings.steps} steps)")
 
 
@@ -457,8 +464,8 @@ def eval_cmd(model: Path = typer.Option(None, help="Diffusers pipeline folder (d
 
     assets = _assets()
     step_list = _parse_steps(steps)
-    settings = _settings(step_list[0], scheduler,
-                         assets.TEACHER_GUIDANCE if guidance is None else guidance, eta, seed, None, lora, 125)
+    settings = _settings({"steps": step_list[0], "scheduler": scheduler, "eta": eta, "timesteps": None,
+                          "guidance": assets.TEACHER_GUIDANCE if guidance is None else guidance}, seed, _loras(lora))
     texts = read_prompt_file(prompts) if prompts else standard_prompts(EVAL_SIZE)
     if n_prompts is not None:
         require(n_prompts > 0, f"--n-prompts must be positive, got {n_prompts}")
