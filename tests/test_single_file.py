@@ -72,3 +72,23 @@ def test_single_file_without_configs_is_one_line(single_file, tmp_path, capsys, 
                 "--out", tmp_path / "y") == 2
     assert "model checkpoint not found" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+@pytest.mark.parametrize("prefix", ["model.diffusion_model.", ""])
+def test_a_unet_file_in_the_original_layout_loads_like_its_diffusers_weights(prefix, tiny_pipeline_dir, tmp_path):
+    """The release's ComfyUI one-step UNet is in the original layout (with or without the checkpoint
+    prefix): `--unet` converts it through diffusers and gets exactly the same weights."""
+    from hypersd.sampling import load_unet_file
+    from ldm_layout import to_ldm_checkpoint
+
+    source = load_pipeline(tiny_pipeline_dir)
+    with torch.no_grad():
+        source.unet.conv_out.bias.add_(0.5)  # differs from the base it is loaded into
+    unet_only = {k[len("model.diffusion_model."):]: v for k, v in to_ldm_checkpoint(source).items()
+                 if k.startswith("model.diffusion_model.")}
+    save_file({prefix + k: v for k, v in unet_only.items()}, str(tmp_path / "unet-comfyui.safetensors"))
+    target = load_pipeline(tiny_pipeline_dir)
+    load_unet_file(target, tmp_path / "unet-comfyui.safetensors")
+    expected = source.unet.state_dict()
+    for key, value in target.unet.state_dict().items():
+        torch.testing.assert_close(value, expected[key].reshape(value.shape), rtol=0, atol=0)

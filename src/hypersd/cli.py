@@ -388,8 +388,8 @@ def generate(prompt: list[str] = typer.Argument(..., help="Prompt(s)."),
              base: Path = typer.Option(..., help="Base model: diffusers folder (SD1.x or SDXL) or a single-file "
                                                  "checkpoint (with --model-config)."),
              lora: Optional[list[str]] = typer.Option(None, help="LoRA file (diffusers or kohya), FILE:SCALE; repeatable."),
-             unet: Optional[Path] = typer.Option(None, help="UNet weights (.safetensors, diffusers keys) replacing "
-                                                            "the base's, e.g. a one-step UNet."),
+             unet: Optional[Path] = typer.Option(None, help="UNet weights (.safetensors; diffusers or original/ComfyUI "
+                                                            "layout) replacing the base's, e.g. a one-step UNet."),
              steps: Optional[int] = typer.Option(None, help="Sampling steps (default: from the files)."),
              scheduler: Optional[str] = typer.Option(None, help="Scheduler (default: from the files)."),
              eta: Optional[float] = typer.Option(None, help="TCD gamma / DDIM eta in [0, 1]."),

@@ -219,9 +219,24 @@ def derived_pipeline(pipe, cls=None, **components):
     return other
 
 
+LDM_UNET_PREFIX = "model.diffusion_model."
+
+
+def diffusers_unet_keys(state: dict, config) -> dict:
+    """A UNet state dict in the original LDM/SGM layout (`input_blocks...`, with or without the
+    checkpoint prefix; e.g. the release's ComfyUI one-step UNet) in diffusers' layout, by diffusers'
+    own converter; a diffusers-layout dict is returned as it is."""
+    if not any(k.startswith((LDM_UNET_PREFIX, "input_blocks.")) for k in state):
+        return state
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
+    prefixed = {k if k.startswith(LDM_UNET_PREFIX) else LDM_UNET_PREFIX + k: v for k, v in state.items()}
+    return convert_ldm_unet_checkpoint(prefixed, dict(config))
+
+
 def load_unet_file(pipe, path: Path) -> None:
-    """Replace the pipeline's UNet weights with a UNet state dict in diffusers layout (a .safetensors
-    file, e.g. the released one-step UNet); every key must match."""
+    """Replace the pipeline's UNet weights with a UNet state dict from a .safetensors file (e.g. the
+    released one-step UNet) in diffusers' or the original layout; every key must match."""
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -232,11 +247,12 @@ def load_unet_file(pipe, path: Path) -> None:
     except Exception as exc:  # safetensors raises its own types for a bad header
         raise UserError(f"cannot read UNet file {path}: not a safetensors file ({type(exc).__name__})") from None
     own = pipe.unet.state_dict()
+    state = diffusers_unet_keys(state, pipe.unet.config)
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if missing or unexpected:
         example = (unexpected or missing)[0]
         raise UserError(f"UNet file {path} does not fit this model ({len(missing)} keys missing, {len(unexpected)} "
-                        f"unexpected, e.g. {example!r}); it needs diffusers UNet keys of the same architecture")
+                        f"unexpected, e.g. {example!r}); it needs the UNet keys of the same architecture")
     bad = [k for k in own if own[k].shape != state[k].shape]
     require(not bad, f"UNet file {path}: {bad[:1]} has another shape than this model's UNet")
     pipe.unet.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
