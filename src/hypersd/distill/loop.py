@@ -341,7 +341,7 @@ class Run:
                 rate = ran / max(time.time() - tick, 1e-9)
                 self.log({"stage": stage_name(stage), "step": step, **{k: v.item() for k, v in means.items()},
                           "it_per_s": rate})
-                bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+                bar.set_postfix(loss=f"{means['loss'].item():.4f}", refresh=False)
             if (step + 1) % rec.checkpoint_every == 0 or step == stage.iterations - 1:
                 self._checkpoint(optimizer, index, step + 1)
         self._stage_stats = {"final_loss": sum(recent) / max(len(recent), 1),

@@ -160,14 +160,14 @@ class SDXLAdapter(SDAdapter):
             raise ValueError(f"time_ids must have shape ({len(prompts)}, 6), got {tuple(time_ids.shape)}")
         return Conditioning(embeds, {"text_embeds": pooled, "time_ids": time_ids.to(self.device, embeds.dtype)})
 
+    @torch.no_grad()
     def _empty_prompt(self) -> Conditioning:
-        """The pipeline's negative conditioning: zeros where it forces them for an empty prompt."""
+        """The pipeline's own negative conditioning without a negative prompt (zeros where the model
+        forces them for an empty prompt)."""
         if "" not in self._uncond_cache:
-            one = self.encode_prompts([""])
-            if self.pipe.config.get("force_zeros_for_empty_prompt", True):
-                one = Conditioning(torch.zeros_like(one.hidden_states),
-                                   {**one.extra, "text_embeds": torch.zeros_like(one.extra["text_embeds"])})
-            self._uncond_cache[""] = one
+            _, negative, _, negative_pooled = self.pipe.encode_prompt(
+                prompt=[""], device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=True)
+            self._uncond_cache[""] = Conditioning(negative, {"text_embeds": negative_pooled})
         return self._uncond_cache[""]
 
     def unconditional(self, cond: Conditioning | int) -> Conditioning:
