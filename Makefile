@@ -22,7 +22,7 @@ demo: install
 	$(BIN)/hypersd demo --out runs/demo
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow

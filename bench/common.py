@@ -7,9 +7,10 @@ import json
 import shutil
 from pathlib import Path
 
-from hypersd.distill.checkpoint import read_position
-from hypersd.distill.loop import Run, stage_name
-from hypersd.evaluator.evaluate import plot_metrics
+from hypersd.embedded.evaluator.evaluate import plot_metrics
+from hypersd.train.checkpoint import read_position
+from hypersd.train.outputs import stage_name
+from hypersd.train.run import Run
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS, RUNS = ROOT / "bench" / "results", ROOT / "bench" / "runs"

@@ -24,7 +24,6 @@ import sys
 import time
 
 import torch
-
 from common import RESULTS  # bench/common.py
 
 SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, cross_attention_dim=768,
@@ -41,19 +40,19 @@ ARCHS = {"sd15": (SD15_UNET, 768, None), "sdxl": (SDXL_UNET, 2048, 1280)}  # UNe
 
 
 def unet_only(unet):
-    """The project's SDAdapter over a bare UNet with the SD noise schedule (no text encoder or VAE:
+    """The project's SDModel over a bare UNet with the SD noise schedule (no text encoder or VAE:
     the training steps only call the UNet)."""
     from types import SimpleNamespace
 
-    from hypersd.models.adapter import SDAdapter
+    from hypersd.models.sd import SDModel
     from hypersd.models.tiny_sd import build_noise_scheduler
 
-    return SDAdapter(SimpleNamespace(unet=unet, vae=None, text_encoder=None, tokenizer=None,
+    return SDModel(SimpleNamespace(unet=unet, vae=None, text_encoder=None, tokenizer=None,
                                      scheduler=build_noise_scheduler()))
 
 
 def _conditioning(arch: str):
-    from hypersd.models.adapter import Conditioning
+    from hypersd.models.sd import Conditioning
 
     _, width, pooled = ARCHS[arch]
     side = ARCHS[arch][0]["sample_size"] * 8
@@ -65,10 +64,8 @@ def _conditioning(arch: str):
 def one_step(mode: str, arch: str = "sd15", precision: str = "fp32", checkpointing: bool = False) -> dict:
     from diffusers import UNet2DConditionModel
 
-    from hypersd.distill.dmd import FAKE
-    from hypersd.distill.tscd import STUDENT, TARGET
-    from hypersd.lora import add_lora
-    from hypersd.recipe import Lora
+    from hypersd.lora.adapters import FAKE, STUDENT, TARGET, add_lora
+    from hypersd.train.recipe import Lora
 
     torch.manual_seed(0)
     config = ARCHS[arch][0]
@@ -101,9 +98,10 @@ def one_step(mode: str, arch: str = "sd15", precision: str = "fp32", checkpointi
 
 
 def _loss(mode: str, model, unet, x0, cond, uncond):
-    from hypersd.distill.dmd import FAKE, ScoreDistillationStep
-    from hypersd.distill.tscd import STUDENT, TARGET, TSCD
-    from hypersd.recipe import Stage
+    from hypersd.lora.adapters import FAKE, STUDENT, TARGET
+    from hypersd.train.objectives.dmd import ScoreDistillation
+    from hypersd.train.objectives.tscd import TSCD
+    from hypersd.train.recipe import Stage
 
     if mode == "lora":
         t = torch.randint(0, 1000, (1,))
@@ -114,7 +112,7 @@ def _loss(mode: str, model, unet, x0, cond, uncond):
     else:
         stage = Stage(method="dmd", segments=1)
         fake_optimizer = torch.optim.AdamW([p for k, p in unet.named_parameters() if f".{FAKE}." in k], lr=1e-5)
-        step = ScoreDistillationStep(model, stage, STUDENT, TARGET, fake_optimizer)
+        step = ScoreDistillation(model, stage, STUDENT, TARGET, fake_optimizer)
         unet.set_adapter(STUDENT)
         loss = step.losses(x0, cond, uncond)["loss"]
     return loss

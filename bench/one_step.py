@@ -12,17 +12,18 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from hypersd.assets import EVALUATOR, SEGMENTER, TEACHER
-from hypersd.distill.rows import phase_lora
-from hypersd.evaluator.evaluate import Row, evaluate, markdown_table
-from hypersd.progress import quiet_libraries
-from hypersd.prompts import standard_prompts
-from hypersd.recipe import load_recipe
-from hypersd.rewards.report import reward_scores
-from hypersd.rewards.segmenter import ShapesSegmenter
-from hypersd.sampling import LoraSpec, SampleSettings
-
 from common import ROOT, RUNS, train_or_reuse, write_results  # bench/common.py
+
+from hypersd.assets import EVALUATOR, SEGMENTER, TEACHER
+from hypersd.embedded.evaluator.evaluate import Row, evaluate, markdown_table
+from hypersd.embedded.reward_report import reward_scores
+from hypersd.inference.settings import SampleSettings
+from hypersd.lora.files import LoraSpec
+from hypersd.progress import quiet_libraries
+from hypersd.rewards.segmenter import ShapesSegmenter
+from hypersd.shapes.prompts import standard_prompts
+from hypersd.train.outputs import phase_lora
+from hypersd.train.recipe import load_recipe
 
 RECIPES = {"one-step-lora": ROOT / "configs" / "one-step-800.yaml",
            "one-step-unet": ROOT / "configs" / "one-step-800-unet.yaml"}

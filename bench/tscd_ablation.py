@@ -18,15 +18,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hypersd.assets import EVALUATOR, TEACHER, TEACHER_GUIDANCE
-from hypersd.distill.rows import distilled_rows
-from hypersd.evaluator.evaluate import Row, evaluate
-from hypersd.progress import quiet_libraries
-from hypersd.prompts import standard_prompts
-from hypersd.recipe import load_recipe
-from hypersd.sampling import SampleSettings
-
 from common import ROOT, RUNS, train_or_reuse, write_results  # bench/common.py
+
+from hypersd.assets import EVALUATOR, TEACHER, TEACHER_GUIDANCE
+from hypersd.embedded.evaluator.evaluate import Row, evaluate
+from hypersd.embedded.rows import distilled_rows
+from hypersd.inference.settings import SampleSettings
+from hypersd.progress import quiet_libraries
+from hypersd.shapes.prompts import standard_prompts
+from hypersd.train.recipe import load_recipe
 
 STEPS = (1, 2, 4, 8)
 METHODS = {  # recipe, scheduler and eta each method's LoRA is sampled with
@@ -80,7 +80,7 @@ def main() -> None:
 
 
 def markdown(summary: dict) -> str:
-    from hypersd.evaluator.evaluate import markdown_table
+    from hypersd.embedded.evaluator.evaluate import markdown_table
 
     lines = ["# TSCD ablation (analogue of Hyper-SD Table 3, without feedback)", "",
              f"Teacher `{summary['model']}`, {summary['prompts']} ShapesEval prompts, FD against "

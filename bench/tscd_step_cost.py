@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 
 from hypersd.assets import TEACHER
-from hypersd.distill.tscd import STUDENT, TARGET, TSCD
-from hypersd.lora import add_lora
-from hypersd.models.adapter import load_adapter
+from hypersd.lora.adapters import STUDENT, TARGET, add_lora
+from hypersd.models.sd import load_model
 from hypersd.progress import quiet_libraries
-from hypersd.recipe import Lora, Stage
+from hypersd.train.objectives.tscd import TSCD
+from hypersd.train.recipe import Lora, Stage
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -33,7 +33,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def bare_step(model, optimizer, x, t, cond, both):
     unet = model.unet
     with torch.no_grad():
-        with model.adapter(None):  # the teacher runs without LoRA, as in TSCD
+        with model.using_lora(None):  # the teacher runs without LoRA, as in TSCD
             unet(torch.cat([x, x]), torch.cat([t, t]), both.hidden_states)  # guided teacher: cond + uncond
         unet(x, t, cond.hidden_states)  # target (a LoRA forward, like the student's)
     loss = unet(x, t, cond.hidden_states).sample.pow(2).mean()  # student
@@ -59,7 +59,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = load_adapter(args.model)
+    model = load_model(args.model)
     model.freeze_base()
     lora = Lora()
     for name in (STUDENT, TARGET):

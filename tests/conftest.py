@@ -10,13 +10,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from hypersd.models.tiny_sd import (  # noqa: E402
-    TinySDConfig,
-    build_text_encoder,
-    build_tokenizer_for,
-    build_unet,
-    build_vae,
-)
+from hypersd.models.tiny_sd import TinySDConfig, build_text_encoder, build_tokenizer_for, build_unet, build_vae  # noqa: E402
 
 TINY = TinySDConfig(
     vae_channels=(8, 16, 16),
@@ -30,22 +24,31 @@ TINY = TinySDConfig(
 )
 
 
+@pytest.fixture(autouse=True)
+def _fresh_loading_options():
+    """--allow-pickle and --model-config set process-wide options per command; no test leaks them."""
+    from hypersd.options import configure_loading
+
+    yield
+    configure_loading()
+
+
 @pytest.fixture(scope="session")
 def tiny_pipeline_dir(tmp_path_factory):
     """A random tiny SD pipeline folder in the shipped teacher's layout."""
-    from hypersd.pretrain import save_pipeline
+    from hypersd.embedded.pretrain import save_tiny_sd
 
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("tiny-sd")
     tokenizer = build_tokenizer_for(root / "tok")
     folder = root / "pipe"
-    save_pipeline(folder, build_vae(TINY), build_text_encoder(TINY, tokenizer), tokenizer, build_unet(TINY))
+    save_tiny_sd(folder, build_vae(TINY), build_text_encoder(TINY, tokenizer), tokenizer, build_unet(TINY))
     return folder
 
 
 @pytest.fixture(scope="session")
 def tiny_evaluator_dir(tmp_path_factory):
-    from hypersd.evaluator.detector import DetectorConfig, ShapesDetector
+    from hypersd.embedded.evaluator.detector import DetectorConfig, ShapesDetector
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("evaluator")

@@ -37,15 +37,15 @@ def test_teacher_loads_in_plain_diffusers_without_project_code():
 def test_shipped_vae_reconstructs_real_images_above_28_db():
     from diffusers import AutoencoderKL
 
-    from hypersd.pretrain import vae_psnr
+    from hypersd.embedded.pretrain import vae_psnr
 
     vae = AutoencoderKL.from_pretrained(TEACHER / "vae").eval()
     assert vae_psnr(vae, seed=4242, n=300) >= 28.0
 
 
 def test_shipped_evaluator_reads_real_images():
-    from hypersd.evaluator.detector import ShapesDetector
-    from hypersd.evaluator.shapes_eval import accuracy_table, judge_images
+    from hypersd.embedded.evaluator.detector import ShapesDetector
+    from hypersd.embedded.evaluator.shapes_eval import accuracy_table, judge_images
     from hypersd.shapes.batches import ShapesStream
     from hypersd.shapes.world import render_array
 
@@ -58,10 +58,12 @@ def test_shipped_evaluator_reads_real_images():
 def test_shipped_teacher_follows_prompts_better_than_chance():
     """Cheap guard against shipping a broken teacher: 60 prompts, 25 DDIM steps."""
     from hypersd.assets import TEACHER_GUIDANCE
-    from hypersd.evaluator.detector import ShapesDetector
-    from hypersd.evaluator.shapes_eval import accuracy_table, judge_images
-    from hypersd.prompts import standard_prompts
-    from hypersd.sampling import SampleSettings, generate, load_pipeline
+    from hypersd.embedded.evaluator.detector import ShapesDetector
+    from hypersd.embedded.evaluator.shapes_eval import accuracy_table, judge_images
+    from hypersd.inference.sample import generate
+    from hypersd.inference.settings import SampleSettings
+    from hypersd.models.pipelines import load_pipeline
+    from hypersd.shapes.prompts import standard_prompts
 
     torch.set_num_threads(2)
     prompts = standard_prompts()[:60]
@@ -76,8 +78,8 @@ def test_shipped_segmenter_reads_real_images_and_is_not_the_evaluator():
     from safetensors.torch import load_file
 
     from hypersd.assets import SEGMENTER
+    from hypersd.embedded.train_segmenter import check_segmenter
     from hypersd.rewards.segmenter import ShapesSegmenter
-    from hypersd.rewards.train_segmenter import check_segmenter
 
     result = check_segmenter(ShapesSegmenter.load(SEGMENTER), n=300, seed=77)
     assert result["instance_set_accuracy"] >= 0.98 and result["semantic_miou"] >= 0.95, result

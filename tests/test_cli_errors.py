@@ -142,7 +142,6 @@ def test_pickle_weights_are_refused_without_the_flag(tiny_pipeline_dir, tmp_path
     unet = UNet2DConditionModel.from_pretrained(folder / "unet")
     shutil.rmtree(folder / "unet")
     unet.save_pretrained(folder / "unet", safe_serialization=False)  # diffusion_pytorch_model.bin
-    monkeypatch.setenv("HYPERSD_ALLOW_PICKLE", "0")  # restored (unset) after the test
     args = ["sample", "--model", str(folder), "--prompt", "a red circle", "--steps", "1", "--out", str(tmp_path / "o")]
     code, err = run_cli(args, capsys, monkeypatch)
     assert_one_line_error(code, err, "pickle checkpoints are refused")

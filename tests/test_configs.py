@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from hypersd.distill.loop import estimate_teacher_evaluations
-from hypersd.recipe import load_recipe
+from hypersd.train.recipe import load_recipe
+from hypersd.train.run import estimate_teacher_evaluations
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hypersd.controlnet import canny, check_fits, prepare_control, scribble
 from hypersd.errors import UserError
+from hypersd.inference.controlnet import canny, check_fits, prepare_control, scribble
 
 
 def white_square(size=32, lo=8, hi=24):
@@ -126,7 +126,8 @@ def test_loras_stay_active_under_the_controlnet(tiny_pipeline_dir, tiny_controln
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from hypersd.lora import add_lora, save_lora
+    from hypersd.lora.adapters import add_lora
+    from hypersd.lora.files import save_lora
 
     pipe = StableDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
     add_lora(pipe.unet, 2, 2.0, ["to_q", "to_v"])

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hypersd.conventions import released_settings
+from hypersd.inference.conventions import released_settings
 
 
 @pytest.mark.parametrize("name,expected", [
@@ -24,8 +24,9 @@ def test_released_file_names(name, expected):
 def test_sample_uses_the_convention_when_the_file_has_no_settings(tiny_pipeline_dir, tmp_path):
     from diffusers import StableDiffusionPipeline
 
-    from hypersd.lora import add_lora, save_lora
-    from hypersd.sampling import LoraSpec, resolve_settings
+    from hypersd.inference.settings import resolve_settings
+    from hypersd.lora.adapters import add_lora
+    from hypersd.lora.files import LoraSpec, save_lora
 
     pipe = StableDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
     add_lora(pipe.unet, 2, 2.0, ["to_q"])

@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
+from hypersd.data.batches import BucketedLatentPool, CacheBatches, ShardStreamBatches, batch_source
 from hypersd.data.cache import LatentCache
 from hypersd.data.shards import ShardStream, expand_braces
 from hypersd.data.transforms import ImageTransform, fit, make_buckets, nearest_bucket
-from hypersd.distill.data import BucketPool, CachePool, StreamPool, build_pool
 from hypersd.errors import UserError
-from hypersd.recipe import Data
+from hypersd.train.recipe import Data
 
 COLORS = ["red", "green", "blue", "yellow", "white", "black", "purple", "orange", "gray", "pink", "cyan", "brown"]
 
@@ -94,8 +94,8 @@ def test_tar_shards_skip_and_count_bad_items(vae, tmp_path):
                             ("b.png", _image_bytes((40, 20), "blue")),
                             ("b.json", json.dumps({"caption": "blue"}).encode()),
                             ("e.webp", _image_bytes(color="red", fmt="WEBP")), ("e.txt", b"red")])
-    pool = build_pool(vae, Data(source=str(folder), resolution=16, shuffle_buffer=1))
-    assert isinstance(pool, StreamPool)
+    pool = batch_source(vae, Data(source=str(folder), resolution=16, shuffle_buffer=1))
+    assert isinstance(pool, ShardStreamBatches)
     drawn = pool.draw(3)
     assert drawn.latents.shape == (3, 4, 4, 4) and torch.isfinite(drawn.latents).all()
     assert sorted(drawn.captions) == ["a green square", "blue", "red"]
@@ -150,7 +150,7 @@ def test_stream_batches_come_from_one_bucket(vae, tmp_path):
     for i, size in enumerate([(48, 24), (24, 48), (48, 24), (24, 48), (50, 26), (26, 50)]):
         members += [(f"{i:03d}.png", _image_bytes(size, COLORS[i])), (f"{i:03d}.txt", f"i{i}".encode())]
     _tar(folder / "x.tar", members)
-    pool = build_pool(vae, Data(source=str(folder / "x.tar"), resolution=32, buckets=True, shuffle_buffer=4))
+    pool = batch_source(vae, Data(source=str(folder / "x.tar"), resolution=32, buckets=True, shuffle_buffer=4))
     shapes = set()
     for _ in range(4):
         drawn = pool.draw(2)
@@ -166,20 +166,20 @@ def test_all_bad_data_stops_with_the_counts(vae, tmp_path):
     (shards / "1.tar").write_bytes(b"not a tar file" * 50)
     with pytest.raises(UserError, match=r"no usable training items in tar shards .*2 shards; "
                                         r"1 no caption, 1 unreadable image, 1 unreadable shard\)"):
-        build_pool(vae, Data(source=str(shards)))
+        batch_source(vae, Data(source=str(shards)))
     empty = tmp_path / "empty"
     empty.mkdir()
     _tar(empty / "0.tar", [])
     with pytest.raises(UserError, match="no items"):
-        build_pool(vae, Data(source=str(empty / "0.tar")))
+        batch_source(vae, Data(source=str(empty / "0.tar")))
     with pytest.raises(UserError, match="tar shards .* not found"):
-        build_pool(vae, Data(source=str(tmp_path / "s-{0..3}.tar")))
+        batch_source(vae, Data(source=str(tmp_path / "s-{0..3}.tar")))
     folder = tmp_path / "folder"
     folder.mkdir()
     (folder / "x.png").write_bytes(b"garbage")
     (folder / "x.txt").write_text("x")
     with pytest.raises(UserError, match=r"no usable training images .*1 unreadable image"):
-        build_pool(vae, Data(source=str(folder)))
+        batch_source(vae, Data(source=str(folder)))
 
 
 # ---------------------------------------------------------------- image folders
@@ -192,12 +192,12 @@ def _folder(root, sizes):
 
 
 def test_image_folder_pool_crops_and_buckets(vae, tmp_path):
-    pool = build_pool(vae, Data(source=str(_folder(tmp_path / "f", [(20, 40)])), resolution=16))
+    pool = batch_source(vae, Data(source=str(_folder(tmp_path / "f", [(20, 40)])), resolution=16))
     drawn = pool.draw(2)
     assert drawn.latents.shape == (2, 4, 4, 4) and drawn.time_ids.tolist() == [[40, 20, 8, 0, 16, 16]] * 2
-    buckets = build_pool(vae, Data(source=str(_folder(tmp_path / "g", [(48, 24), (24, 48), (30, 60)])),
+    buckets = batch_source(vae, Data(source=str(_folder(tmp_path / "g", [(48, 24), (24, 48), (30, 60)])),
                                    resolution=32, buckets=True))
-    assert isinstance(buckets, BucketPool) and buckets.info()["buckets"] == {"24x48": 1, "48x24": 2}
+    assert isinstance(buckets, BucketedLatentPool) and buckets.info()["buckets"] == {"24x48": 1, "48x24": 2}
     torch.manual_seed(0)
     assert {tuple(buckets.draw(2).latents.shape) for _ in range(8)} == {(2, 4, 6, 12), (2, 4, 12, 6)}
 
@@ -242,16 +242,16 @@ def test_cache_command_writes_index_and_shards(tiny_pipeline_dir, tmp_path, monk
 
 
 def test_cache_source_returns_the_adapters_text_conditioning(cache_dir, tiny_pipeline_dir, vae):
-    from hypersd.models.adapter import load_adapter
+    from hypersd.models.sd import load_model
 
     cache = LatentCache(cache_dir)
     assert len(cache) == 5 and len(cache.files) > 1     # small shards: several files
-    pool = build_pool(vae, Data(source=str(cache_dir), resolution=16), model_dir=tiny_pipeline_dir)
-    assert isinstance(pool, CachePool)
+    pool = batch_source(vae, Data(source=str(cache_dir), resolution=16), model_dir=tiny_pipeline_dir)
+    assert isinstance(pool, CacheBatches)
     torch.manual_seed(0)
     drawn = pool.draw(6)
     assert drawn.latents.shape == (6, 4, 4, 4) and drawn.time_ids.shape == (6, 6)
-    expected = load_adapter(tiny_pipeline_dir).encode_prompts(drawn.captions)
+    expected = load_model(tiny_pipeline_dir).encode_prompts(drawn.captions)
     torch.testing.assert_close(drawn.cond.hidden_states, expected.hidden_states, rtol=0, atol=0)
     assert drawn.cond.extra is None
     torch.manual_seed(0)
@@ -273,24 +273,24 @@ def test_a_cache_from_another_model_or_resolution_is_refused(cache_dir, tiny_pip
     other = tmp_path / "other-sd"
     shutil.copytree(tiny_pipeline_dir, other)
     with pytest.raises(UserError, match="was made with model .*fingerprint differs in name"):
-        build_pool(vae, Data(source=str(cache_dir), resolution=16), model_dir=other)
+        batch_source(vae, Data(source=str(cache_dir), resolution=16), model_dir=other)
     config = json.loads((other / "unet" / "config.json").read_text())
     shutil.rmtree(other / "unet")
     (other / "unet").mkdir()
     (other / "unet" / "config.json").write_text(json.dumps({**config, "in_channels": 8}))
     with pytest.raises(UserError, match="config_sha256, name, unet_in_channels"):
-        build_pool(vae, Data(source=str(cache_dir), resolution=16), model_dir=other)
+        batch_source(vae, Data(source=str(cache_dir), resolution=16), model_dir=other)
     with pytest.raises(UserError, match="resolution differs"):
-        build_pool(vae, Data(source=str(cache_dir), resolution=32), model_dir=tiny_pipeline_dir)
+        batch_source(vae, Data(source=str(cache_dir), resolution=32), model_dir=tiny_pipeline_dir)
     with pytest.raises(UserError, match="one image size"):
-        build_pool(vae, Data(source=str(cache_dir), resolution=16, buckets=True), model_dir=tiny_pipeline_dir)
+        batch_source(vae, Data(source=str(cache_dir), resolution=16, buckets=True), model_dir=tiny_pipeline_dir)
 
 
 def test_an_sdxl_cache_keeps_pooled_embeddings_and_size_ids(tiny_sdxl_dir, tmp_path):
     from diffusers import AutoencoderKL
 
     from hypersd.data.cache import write_cache
-    from hypersd.models.adapter import load_adapter
+    from hypersd.models.sd import load_model
 
     images = _folder(tmp_path / "images", [(20, 40), (32, 32)])
     index = write_cache(tiny_sdxl_dir, str(images), tmp_path / "cache", resolution=16)
@@ -298,10 +298,10 @@ def test_an_sdxl_cache_keeps_pooled_embeddings_and_size_ids(tiny_sdxl_dir, tmp_p
     assert "extra.time_ids" not in index["shapes"]  # the size ids are stored once
     assert len(index["fingerprint"]["text_hidden_size"]) == 2
     vae = AutoencoderKL.from_pretrained(tiny_sdxl_dir / "vae")
-    pool = build_pool(vae, Data(source=str(tmp_path / "cache"), resolution=16), model_dir=tiny_sdxl_dir)
+    pool = batch_source(vae, Data(source=str(tmp_path / "cache"), resolution=16), model_dir=tiny_sdxl_dir)
     torch.manual_seed(0)
     drawn = pool.draw(3)
-    expected = load_adapter(tiny_sdxl_dir).encode_prompts(drawn.captions, time_ids=drawn.time_ids)
+    expected = load_model(tiny_sdxl_dir).encode_prompts(drawn.captions, time_ids=drawn.time_ids)
     torch.testing.assert_close(drawn.cond.hidden_states, expected.hidden_states, rtol=0, atol=0)
     for key in ("text_embeds", "time_ids"):
         torch.testing.assert_close(drawn.cond.extra[key], expected.extra[key], rtol=0, atol=0)
@@ -332,7 +332,7 @@ def test_cache_of_unusable_data_writes_nothing(tiny_pipeline_dir, tmp_path, monk
 
 
 def test_recipe_validates_the_data_keys():
-    from hypersd.recipe import Recipe
+    from hypersd.train.recipe import Recipe
 
     for bad in ({"crop": "top"}, {"shuffle_buffer": 0}, {"bucket_step": 12}):
         recipe = Recipe()
@@ -344,7 +344,7 @@ def test_recipe_validates_the_data_keys():
 
 # ---------------------------------------------------------------- the distillation run
 def _run_recipe(tmp_path, source, iterations=4):
-    from hypersd.recipe import load_recipe
+    from hypersd.train.recipe import load_recipe
 
     path = tmp_path / "recipe.yaml"
     path.write_text("name: tiny\n"
@@ -358,7 +358,7 @@ def _run_recipe(tmp_path, source, iterations=4):
 def test_a_run_on_tar_shards_logs_skips_and_resumes_the_stream_exactly(tiny_pipeline_dir, tmp_path):
     from safetensors.torch import load_file
 
-    from hypersd.distill.loop import Run
+    from hypersd.train.run import Run
 
     folder = _good_shards(tmp_path / "shards", shards=2, per_shard=3)
     _tar(folder / "shard-009.tar", [("bad.png", b"garbage"), ("bad.txt", b"bad")])
@@ -379,7 +379,7 @@ def test_a_run_on_tar_shards_logs_skips_and_resumes_the_stream_exactly(tiny_pipe
 
 
 def test_a_run_on_a_latent_cache_uses_the_cached_conditioning(cache_dir, tiny_pipeline_dir, tmp_path, monkeypatch):
-    from hypersd.distill.loop import Run
+    from hypersd.train.run import Run
 
     run = Run(_run_recipe(tmp_path, cache_dir, iterations=2), tiny_pipeline_dir, tmp_path / "run")
     encoded = []

@@ -3,7 +3,7 @@ import json
 from PIL import Image
 
 from hypersd.assets import DEMO_RECIPE
-from hypersd.report import run_demo
+from hypersd.embedded.demo import run_demo
 
 TINY = ["data.pool_size=32", "training.batch_size=4", "training.checkpoint_every=2", "samples.prompts=4",
         "lora.rank=2", "lora.alpha=2"] + [f"stages.{i}.iterations=2" for i in range(4)]

@@ -2,14 +2,14 @@
 
 import torch
 
-from hypersd.distill.discriminator import LatentDiscriminator, discriminator_loss, generator_loss, unet_encoder_features
-from hypersd.distill.tscd import STUDENT
-from hypersd.lora import add_lora
-from hypersd.models.adapter import load_adapter
+from hypersd.core.losses import discriminator_loss, generator_loss
+from hypersd.lora.adapters import STUDENT, add_lora
+from hypersd.models.discriminator import LatentDiscriminator, unet_encoder_features
+from hypersd.models.sd import load_model
 
 
 def test_encoder_features_equal_the_unet_forward_internals(tiny_pipeline_dir):
-    model = load_adapter(tiny_pipeline_dir)
+    model = load_model(tiny_pipeline_dir)
     unet = model.unet
     captured = {}
     unet.mid_block.register_forward_hook(lambda mod, inp, out: captured.setdefault("mid", out))
@@ -23,7 +23,7 @@ def test_encoder_features_equal_the_unet_forward_internals(tiny_pipeline_dir):
 
 
 def test_gradients_reach_the_input_and_the_heads_only(tiny_pipeline_dir):
-    model = load_adapter(tiny_pipeline_dir)
+    model = load_model(tiny_pipeline_dir)
     model.freeze_base()
     add_lora(model.unet, 2, 2.0, ["to_q"], name=STUDENT)
     disc = LatentDiscriminator(model.unet)

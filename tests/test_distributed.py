@@ -21,9 +21,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hypersd.distill.loop import Run
 from hypersd.errors import UserError
-from hypersd.recipe import load_recipe
+from hypersd.train.recipe import load_recipe
+from hypersd.train.run import Run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-import hypersd.distill.loop as loop
+import hypersd.train.run as run_module
 from hypersd.cli import main
 
 probe, run_dir = Path(os.environ["PROBE_DIR"]), os.path.abspath(os.environ["PROBE_RUN"])
@@ -61,7 +61,7 @@ def audit(event, args):  # every write this process makes under the run folder, 
 
 
 sys.addaudithook(audit)
-build = loop.build_pool
+build = run_module.batch_source
 
 
 def build_pool(*args, **kwargs):
@@ -78,8 +78,8 @@ def build_pool(*args, **kwargs):
     return pool
 
 
-loop.build_pool = build_pool
-train = loop.Run.train
+run_module.batch_source = build_pool
+train = run_module.Run.train
 
 
 def recording_train(self, *args, **kwargs):
@@ -103,7 +103,7 @@ def recording_train(self, *args, **kwargs):
     return result
 
 
-loop.Run.train = recording_train
+run_module.Run.train = recording_train
 sys.argv = ["hypersd", *sys.argv[1:]]
 main()
 '''
@@ -197,7 +197,7 @@ def test_only_process_0_writes_the_run_folder(launched):
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint", "log.jsonl", "loras", "metrics.json",
                                                      "recipe.yaml", "samples"]
     assert sorted(p.name for p in (out / "loras").iterdir()) == [
-        "tscd-k1.safetensors", "tscd-k2.safetensors", "tscd-unified.safetensors"]
+        "dmd-unified.safetensors", "tscd-k1.safetensors", "tscd-k2.safetensors"]
     assert sorted(p.name for p in (out / "checkpoint").iterdir()) == [
         "adapters.safetensors", "discriminator.safetensors", "optimizer-discriminator.pt", "optimizer-fake.pt",
         "optimizer-student.pt", "rng-rank1.safetensors", "rng.safetensors", "state.json"]
@@ -250,7 +250,7 @@ def _average_on_rank(rank: int, init_file: str, out: str) -> None:
     rank 1 only, one without a gradient anywhere; the averaged results go to `out`."""
     import torch.distributed as dist
 
-    from hypersd.distill.parallel import average_gradients
+    from hypersd.train.parallel import average_gradients
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     both, partly, never = (torch.nn.Parameter(torch.zeros(3)) for _ in range(3))

@@ -3,8 +3,8 @@ import json
 import numpy as np
 from PIL import Image
 
-from hypersd.evaluator.evaluate import Row, evaluate
-from hypersd.sampling import SampleSettings
+from hypersd.embedded.evaluator.evaluate import Row, evaluate
+from hypersd.inference.settings import SampleSettings
 
 PROMPTS = ["a red circle", "two blue squares", "a green cross in the center",
            "a red circle and a blue square", "a cyan cross above a red square", "a yellow circle and a purple circle"]

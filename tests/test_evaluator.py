@@ -2,8 +2,8 @@ import random
 
 import torch
 
-from hypersd.evaluator.detector import HEAD_LAYOUT, ShapesDetector, detector_loss, targets_for
-from hypersd.evaluator.judge import judge
+from hypersd.embedded.evaluator.detector import HEAD_LAYOUT, ShapesDetector, detector_loss, targets_for
+from hypersd.embedded.evaluator.judge import judge
 from hypersd.shapes import parse_caption, sample_scene
 
 

@@ -8,13 +8,14 @@ import torch
 from diffusers import DDIMScheduler
 from safetensors.torch import load_file
 
-from hypersd.distill.dmd import dmd_gradient, dmd_loss
-from hypersd.distill.feedback import aesthetic_loss, refl_stop_index, trailing_timesteps
-from hypersd.distill.loop import Run
+from hypersd.core.losses import dmd_gradient, dmd_loss
+from hypersd.core.segments import trailing_timesteps
 from hypersd.errors import UserError
-from hypersd.lora import inference_settings, read_metadata
-from hypersd.recipe import load_recipe
+from hypersd.lora.files import inference_settings, read_metadata
 from hypersd.rewards.base import RewardModel
+from hypersd.train.objectives.feedback import aesthetic_loss, refl_stop_index
+from hypersd.train.recipe import load_recipe
+from hypersd.train.run import Run
 
 
 @pytest.mark.parametrize("steps", [1, 2, 3, 4, 8])
@@ -119,10 +120,10 @@ def test_feedback_stage_trains_only_the_feedback_lora(tiny_pipeline_dir, segment
             ".lora_B.weight", ".lora_B.student.weight")
         torch.testing.assert_close(student[name], value, rtol=0, atol=0)
     assert any(v.abs().sum() > 0 for k, v in _adapter(run, "feedback").items() if "lora_B" in k)
-    merged = load_file(out / "tscd-feedback.safetensors")
+    merged = load_file(out / "feedback-merged.safetensors")
     assert merged["unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight"].shape[0] == 4
-    assert json.loads(read_metadata(out / "tscd-feedback.safetensors")["hypersd_merge"])["ratio"] == 0.5
-    assert inference_settings(out / "tscd-feedback.safetensors")["steps"] == 2
+    assert json.loads(read_metadata(out / "feedback-merged.safetensors")["hypersd_merge"])["ratio"] == 0.5
+    assert inference_settings(out / "feedback-merged.safetensors")["steps"] == 2
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     fb = [r for r in log if r.get("stage") == "feedback" and "loss" in r]
     assert fb and all(k in fb[0] for k in ("aesthetic", "perceptual", "pretrain", "reward/shapes-clean"))
@@ -131,7 +132,7 @@ def test_feedback_stage_trains_only_the_feedback_lora(tiny_pipeline_dir, segment
 
 def test_full_recipe_writes_a_unified_tcd_lora_and_resumes_exactly(tiny_pipeline_dir, segmenter_dir, tmp_path,
                                                                    monkeypatch):
-    from hypersd.distill import dmd
+    from hypersd.train.objectives import dmd
 
     generated = []
     original = dmd.generate_x0
@@ -139,14 +140,14 @@ def test_full_recipe_writes_a_unified_tcd_lora_and_resumes_exactly(tiny_pipeline
     recipe = _recipe(tmp_path, segmenter_dir, ["tscd", "feedback", "dmd"])
     Run(recipe, tiny_pipeline_dir, tmp_path / "whole").train()
     assert generated and set(generated) == {1}  # dmd.batch_size 1 of training.batch_size 2
-    unified = tmp_path / "whole" / "loras" / "tscd-unified.safetensors"
+    unified = tmp_path / "whole" / "loras" / "dmd-unified.safetensors"
     settings = inference_settings(unified)
     assert settings["scheduler"] == "tcd" and settings["eta"] == 0.3
     assert (tmp_path / "whole" / "samples" / "unified" / "grid.png").is_file()
     Run(recipe, tiny_pipeline_dir, tmp_path / "killed").train(stop_after=6)  # inside the DMD stage
     assert json.loads((tmp_path / "killed" / "checkpoint" / "state.json").read_text()) == {"stage": 2, "step": 1}
     Run(recipe, tiny_pipeline_dir, tmp_path / "killed").train(resume=True)
-    a, b = load_file(unified), load_file(tmp_path / "killed" / "loras" / "tscd-unified.safetensors")
+    a, b = load_file(unified), load_file(tmp_path / "killed" / "loras" / "dmd-unified.safetensors")
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
@@ -199,7 +200,7 @@ def test_a_phase_runs_alone_from_a_given_lora(tiny_pipeline_dir, segmenter_dir, 
     before = _adapter(run, "student")
     assert any(v.abs().sum() > 0 for k, v in before.items() if "lora_B" in k)  # loaded, not fresh
     run.train()
-    assert (tmp_path / "b" / "loras" / "tscd-feedback.safetensors").is_file()
+    assert (tmp_path / "b" / "loras" / "feedback-merged.safetensors").is_file()
     with pytest.raises(UserError, match="set lora.rank to the file's rank|alpha/r"):
         Run(_recipe(tmp_path, segmenter_dir, ["feedback"], lora="{rank: 4, alpha: 4, targets: [to_q, to_v, conv1]}"),
             tiny_pipeline_dir, tmp_path / "c", init_lora=given)
@@ -225,9 +226,10 @@ def test_sample_applies_the_unified_and_one_step_settings(tiny_pipeline_dir, tmp
     from diffusers import StableDiffusionPipeline
 
     from hypersd.cli import main
-    from hypersd.distill.loop import stage_inference
-    from hypersd.lora import add_lora, save_lora
-    from hypersd.recipe import Stage
+    from hypersd.lora.adapters import add_lora
+    from hypersd.lora.files import save_lora
+    from hypersd.train.outputs import stage_inference
+    from hypersd.train.recipe import Stage
 
     stage = Stage(method="dmd", segments=1)
     stage.dmd.generator_timestep = timestep

@@ -1,6 +1,6 @@
 from dataclasses import dataclass
 
-from hypersd.evaluator.judge import judge
+from hypersd.embedded.evaluator.judge import judge
 from hypersd.shapes.captions import parse_caption
 
 

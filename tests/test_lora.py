@@ -8,9 +8,9 @@ from diffusers import StableDiffusionPipeline
 from safetensors.torch import save_file
 
 from hypersd.errors import UserError
-from hypersd.lora import INFERENCE_KEY, add_lora, inference_settings, read_metadata, save_lora
-from hypersd.recipe import Lora
-from hypersd.sampling import LoraSpec
+from hypersd.lora.adapters import add_lora
+from hypersd.lora.files import INFERENCE_KEY, LoraSpec, inference_settings, read_metadata, save_lora
+from hypersd.train.recipe import Lora
 
 SETTINGS = {"scheduler": "ddim-trailing", "steps": 4, "guidance": 0.0, "eta": 0.0}
 
@@ -113,7 +113,7 @@ def test_sample_applies_the_lora_settings_unless_overridden(tiny_pipeline_dir, t
 def test_a_recommendation_is_taken_whole_and_gives_way_to_another_scheduler(tmp_path):
     """A LoRA's settings replace a model folder's as a whole (no LCM timesteps left beside a DDIM
     LoRA's steps), and a TCD eta is dropped when the user picks another scheduler."""
-    from hypersd.sampling import resolve_settings
+    from hypersd.inference.settings import resolve_settings
 
     folder = tmp_path / "one-step"
     folder.mkdir()
@@ -133,7 +133,7 @@ def test_a_recommendation_is_taken_whole_and_gives_way_to_another_scheduler(tmp_
 
 
 def test_stored_timesteps_give_way_to_other_steps_or_scheduler(tmp_path):
-    from hypersd.sampling import resolve_settings
+    from hypersd.inference.settings import resolve_settings
 
     folder = tmp_path / "one-step"
     folder.mkdir()
@@ -155,7 +155,10 @@ def test_plain_diffusers_with_the_stored_settings_reproduces_the_project_sampler
     import numpy as np
     from diffusers import DDIMScheduler
 
-    from hypersd.sampling import LoraSpec, SampleSettings, apply_loras, generate, load_pipeline
+    from hypersd.inference.sample import apply_loras, generate
+    from hypersd.inference.settings import SampleSettings
+    from hypersd.lora.files import LoraSpec
+    from hypersd.models.pipelines import load_pipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
     add_lora(pipe.unet, 4, 4.0, Lora().targets)
@@ -192,7 +195,7 @@ def _random_lora_file(tiny_pipeline_dir, path, rank, alpha, targets, seed):
 
 
 def test_merged_lora_equals_both_loras_at_the_ratio(tiny_pipeline_dir, tmp_path):
-    from hypersd.lora_merge import merge_lora_files
+    from hypersd.lora.merge import merge_lora_files
 
     a = _random_lora_file(tiny_pipeline_dir, tmp_path / "a.safetensors", 4, 8.0, Lora().targets, 1)
     b = _random_lora_file(tiny_pipeline_dir, tmp_path / "b.safetensors", 2, 1.0, ["to_q", "to_v", "conv1"], 2)
@@ -216,7 +219,7 @@ def test_merged_lora_equals_both_loras_at_the_ratio(tiny_pipeline_dir, tmp_path)
 def test_merge_refuses_files_that_are_not_loras(tmp_path):
     from safetensors.torch import save_file
 
-    from hypersd.lora_merge import merge_lora_files
+    from hypersd.lora.merge import merge_lora_files
 
     save_file({"x": torch.zeros(2)}, str(tmp_path / "x.safetensors"))
     with pytest.raises(UserError, match="no lora_adapter_metadata"):
@@ -227,7 +230,7 @@ def test_merge_refuses_files_that_are_not_loras(tmp_path):
 
 
 def test_fused_unet_equals_the_adapted_unet_and_has_no_adapters(tiny_pipeline_dir):
-    from hypersd.lora import fused_unet
+    from hypersd.lora.adapters import fused_unet
 
     unet = StableDiffusionPipeline.from_pretrained(tiny_pipeline_dir).unet
     add_lora(unet, 2, 2.0, ["to_q", "to_v", "conv1"], name="student")
@@ -261,7 +264,7 @@ def test_kohya_export_loads_in_plain_diffusers_with_equal_outputs(tiny_pipeline_
     (alpha 4 at rank 2 here, so a lost alpha would halve the LoRA and fail the comparison)."""
     from safetensors.torch import load_file
 
-    from hypersd.lora_export import export_kohya
+    from hypersd.lora.export import export_kohya
 
     pipe = StableDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
     add_lora(pipe.unet, 2, 4.0, ["to_q", "to_v", "conv1", "time_emb_proj"])
@@ -335,7 +338,10 @@ def test_fused_pipeline_samples_like_the_lora_and_keeps_its_settings(tiny_pipeli
     import sys
 
     from hypersd.cli import main
-    from hypersd.sampling import LoraSpec, SampleSettings, apply_loras, generate, load_pipeline
+    from hypersd.inference.sample import apply_loras, generate
+    from hypersd.inference.settings import SampleSettings
+    from hypersd.lora.files import LoraSpec
+    from hypersd.models.pipelines import load_pipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
     add_lora(pipe.unet, 2, 4.0, ["to_q", "to_v", "conv1"])

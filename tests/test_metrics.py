@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from hypersd.evaluator.metrics import frechet_distance, mean_finite, psnr_uint8
+from hypersd.core.metrics import frechet_distance, mean_finite, psnr_uint8
 
 
 def test_fd_of_a_set_with_itself_is_zero_and_shift_adds_its_square():

@@ -1,11 +1,11 @@
 import json
 
 import torch
+from conftest import TINY
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
-from conftest import TINY
-from hypersd.pretrain import PretrainConfig, pretrain
+from hypersd.embedded.pretrain import PretrainConfig, pretrain
 
 
 def _tiny_config(**kw):

@@ -4,8 +4,9 @@ import pytest
 
 from hypersd.assets import STANDARD_PROMPTS
 from hypersd.errors import UserError
-from hypersd.prompts import read_prompt_file, standard_prompts
+from hypersd.inference.prompts import read_prompt_file
 from hypersd.shapes.captions import parse_caption
+from hypersd.shapes.prompts import standard_prompts
 
 
 def test_standard_set_is_balanced_and_fixed():

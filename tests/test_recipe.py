@@ -1,7 +1,7 @@
 import pytest
 
 from hypersd.errors import UserError
-from hypersd.recipe import Recipe, load_recipe
+from hypersd.train.recipe import Recipe, load_recipe
 
 
 def test_defaults_are_the_four_stage_tscd():

@@ -255,7 +255,7 @@ def test_image_reward_converts_the_release_and_scores_with_gradients(tiny_image_
 
 
 def test_named_objects_and_reward_scores_of_a_perfect_segmenter(monkeypatch):
-    from hypersd.rewards import report
+    from hypersd.embedded import reward_report as report
     from hypersd.shapes.world import render_array
 
     assert report.named_objects("two red circles") == [("red", "circle"), ("red", "circle")]
@@ -279,8 +279,8 @@ def test_named_objects_and_reward_scores_of_a_perfect_segmenter(monkeypatch):
 def test_presence_reward_wants_the_named_objects_and_nothing_else():
     reward = load_reward("shapes-presence")
     scenes = ShapesStream(21).scenes(40)
-    from hypersd.shapes.world import render_array
     from hypersd.shapes.batches import to_tensor
+    from hypersd.shapes.world import render_array
 
     x = to_tensor(render_array(scenes))
     right = reward.score(x, [s.caption for s in scenes]).mean().item()

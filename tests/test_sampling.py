@@ -5,7 +5,10 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, TCDScheduler
 
-from hypersd.sampling import LoraSpec, SampleSettings, apply_loras, generate, load_pipeline, make_scheduler
+from hypersd.inference.sample import apply_loras, generate, make_scheduler
+from hypersd.inference.settings import SampleSettings
+from hypersd.lora.files import LoraSpec
+from hypersd.models.pipelines import load_pipeline
 
 PROMPTS = ["a red circle", "two blue squares", "a green cross in the center"]
 
@@ -43,9 +46,9 @@ def test_custom_timesteps_with_lcm(pipe):
 
 
 def _write_lora(pipe, folder):
+    from diffusers import StableDiffusionPipeline
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
-    from diffusers import StableDiffusionPipeline
 
     config = LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
                         init_lora_weights=False)

@@ -10,19 +10,19 @@ import pytest
 import torch
 from diffusers import StableDiffusionXLPipeline, TCDScheduler
 
-from hypersd.distill.loop import Run
-from hypersd.models.adapter import SDXLAdapter, load_adapter
-from hypersd.recipe import load_recipe
-from hypersd.solver import predict_x0
+from hypersd.core.solver import predict_x0
+from hypersd.models.sd import SDXLModel, load_model
+from hypersd.train.recipe import load_recipe
+from hypersd.train.run import Run
 
 
 @pytest.fixture(scope="module")
 def sdxl(tiny_sdxl_dir):
-    return load_adapter(tiny_sdxl_dir)
+    return load_model(tiny_sdxl_dir)
 
 
 def test_sdxl_is_detected_and_encodes_pooled_and_size_conditions(sdxl):
-    assert isinstance(sdxl, SDXLAdapter)
+    assert isinstance(sdxl, SDXLModel)
     cond = sdxl.encode_prompts(["a red circle", "two blue squares"])
     hidden = sdxl.pipe.text_encoder.config.hidden_size + sdxl.pipe.text_encoder_2.config.hidden_size
     assert cond.hidden_states.shape == (2, sdxl.tokenizer.model_max_length, hidden)
@@ -38,7 +38,7 @@ def test_guided_eps_equals_the_sdxl_pipeline(sdxl):
     from diffusers import DDIMScheduler
 
     pipe = sdxl.pipe
-    pipe.scheduler = DDIMScheduler.from_config(pipe.hypersd_scheduler_config, timestep_spacing="trailing")
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
     latents = pipe(["a red circle"], num_inference_steps=1, guidance_scale=5.0, output_type="latent",
                    generator=torch.Generator().manual_seed(3)).images
     noise = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(3))
@@ -87,7 +87,7 @@ def test_every_phase_trains_on_sdxl(sdxl_run):
     for stage in ("k2", "feedback", "unified"):
         losses = [r["loss"] for r in log if r.get("stage") == stage and "loss" in r]
         assert losses and all(np.isfinite(losses))
-    for name in ("tscd-k2", "tscd-feedback", "tscd-unified"):
+    for name in ("tscd-k2", "feedback-merged", "dmd-unified"):
         assert (run / "loras" / f"{name}.safetensors").is_file()
     assert (run / "samples" / "unified" / "grid.png").is_file()
 
@@ -127,7 +127,7 @@ def test_exported_sdxl_lora_samples_in_plain_diffusers_like_hypersd_generate(sdx
     from hypersd import cli
 
     run, _ = sdxl_run
-    source = _amplified(run / "loras" / "tscd-unified.safetensors", tmp_path / "unified.safetensors")
+    source = _amplified(run / "loras" / "dmd-unified.safetensors", tmp_path / "unified.safetensors")
     exported = tmp_path / f"unified-{layout}.safetensors"
     monkeypatch.setattr(sys, "argv", ["hypersd", "lora", "export", str(source), "--format", layout,
                                       "--out", str(exported)])

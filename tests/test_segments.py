@@ -2,9 +2,9 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
+from hypersd.core.segments import sample_grid_pair, sample_t_end, segment_boundary, segment_edges
+from hypersd.core.solver import training_grid
 from hypersd.models.tiny_sd import build_noise_scheduler
-from hypersd.segments import sample_grid_pair, sample_t_end, segment_boundary, segment_edges
-from hypersd.solver import training_grid
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 8])

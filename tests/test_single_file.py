@@ -7,16 +7,11 @@ import sys
 import numpy as np
 import pytest
 import torch
+from ldm_layout import to_ldm_checkpoint
 from safetensors.torch import save_file
 
 from hypersd import cli
-from hypersd.sampling import load_pipeline
-from ldm_layout import to_ldm_checkpoint
-
-
-@pytest.fixture(autouse=True)
-def _no_leaked_model_config(monkeypatch):
-    monkeypatch.delenv("HYPERSD_MODEL_CONFIG", raising=False)  # --model-config sets it; restored afterwards
+from hypersd.models.pipelines import load_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +73,9 @@ def test_single_file_without_configs_is_one_line(single_file, tmp_path, capsys, 
 def test_a_unet_file_in_the_original_layout_loads_like_its_diffusers_weights(prefix, tiny_pipeline_dir, tmp_path):
     """The release's ComfyUI one-step UNet is in the original layout (with or without the checkpoint
     prefix): `--unet` converts it through diffusers and gets exactly the same weights."""
-    from hypersd.sampling import load_unet_file
     from ldm_layout import to_ldm_checkpoint
+
+    from hypersd.models.pipelines import load_unet_file
 
     source = load_pipeline(tiny_pipeline_dir)
     with torch.no_grad():

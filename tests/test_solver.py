@@ -2,8 +2,8 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
+from hypersd.core.solver import ddim_jump, predict_x0, training_grid
 from hypersd.models.tiny_sd import build_noise_scheduler
-from hypersd.solver import ddim_jump, predict_x0, training_grid
 
 
 @pytest.fixture(scope="module")

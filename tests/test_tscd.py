@@ -4,17 +4,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hypersd.distill.loop import Run
-from hypersd.distill.tscd import STUDENT, TARGET, TSCD
-from hypersd.lora import add_lora, inference_settings
-from hypersd.models.adapter import load_adapter
-from hypersd.recipe import Recipe, Stage, load_recipe
+from hypersd.lora.adapters import STUDENT, TARGET, add_lora
+from hypersd.lora.files import inference_settings
+from hypersd.models.sd import load_model
+from hypersd.train.objectives.tscd import TSCD
+from hypersd.train.recipe import Stage, load_recipe
+from hypersd.train.run import Run
 
 
 @pytest.fixture
 def model(tiny_pipeline_dir):
     torch.manual_seed(0)
-    m = load_adapter(tiny_pipeline_dir)
+    m = load_model(tiny_pipeline_dir)
     m.freeze_base()
     for name in (STUDENT, TARGET):
         add_lora(m.unet, 2, 2.0, ["to_q", "to_k", "to_v", "conv1"], name=name)
@@ -128,7 +129,7 @@ def test_nan_loss_stops_with_a_clear_message(tiny_pipeline_dir, tmp_path, monkey
 
 
 def test_adversarial_hybrid_trains_the_heads(model):
-    from hypersd.distill.discriminator import LatentDiscriminator
+    from hypersd.models.discriminator import LatentDiscriminator
 
     disc = LatentDiscriminator(model.unet)
     method = TSCD(model, Stage(segments=2, mse_weight=0.5, adversarial_weight=0.5), disc)
@@ -181,8 +182,8 @@ def test_v_prediction_models_are_refused_with_one_line(tiny_pipeline_dir, tmp_pa
 def test_eight_bit_adam_without_bitsandbytes_is_one_clear_error(monkeypatch):
     import builtins
 
-    from hypersd.distill.optim import make_optimizer
     from hypersd.errors import UserError
+    from hypersd.train.optim import make_optimizer
 
     real_import = builtins.__import__
     monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
@@ -210,6 +211,6 @@ def test_eight_bit_adam_trains_and_resumes_exactly(tiny_pipeline_dir, tmp_path):
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
     assert any(v.abs().sum() > 0 for k, v in a.items() if "lora_B" in k)
-    from hypersd.distill.optim import make_optimizer
+    from hypersd.train.optim import make_optimizer
 
     assert isinstance(make_optimizer([torch.nn.Parameter(torch.zeros(2))], "adamw8bit", 1e-3), bnb.optim.AdamW8bit)

@@ -3,7 +3,7 @@ import random
 import numpy as np
 import pytest
 
-from hypersd.evaluator.judge import judge
+from hypersd.embedded.evaluator.judge import judge
 from hypersd.shapes import CATEGORIES, COLORS, parse_caption, render, sample_scene
 from hypersd.shapes.world import GAP, MARGIN, Scene, ShapeObject, region_of, relation_holds
 

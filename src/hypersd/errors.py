@@ -12,9 +12,9 @@ class UserError(Exception):
 
 def pickle_allowed() -> bool:
     """Whether the user passed --allow-pickle (pickle-based weight files are refused otherwise)."""
-    import os
+    from hypersd.options import loading
 
-    return os.environ.get("HYPERSD_ALLOW_PICKLE") == "1"
+    return loading.allow_pickle
 
 
 def load_error(what: str, path: Path, exc: Exception) -> UserError:

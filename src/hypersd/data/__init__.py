@@ -1,1 +1,1 @@
-"""Datasets on disk: image folders with captions (samples.jsonl or side-car .txt files)."""
+"""Training data: image folders, tar shards and latent caches on disk, and the batches a run draws."""

@@ -21,16 +21,18 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from hypersd.data.latents import posterior
 from hypersd.data.sources import CACHE_INDEX, iter_records, source_kind
 from hypersd.data.transforms import CROPS, ImageTransform, collate, describe_skipped, fit_records
 from hypersd.errors import UserError
+from hypersd.io import atomic_dir
+from hypersd.models.sd import load_model
 from hypersd.progress import progress
 
 FORMAT = "hypersd-latent-cache"
@@ -84,14 +86,12 @@ class _ShardWriter:
         self.parts, self.captions, self.bytes = {}, [], 0
 
 
-def _encode_batch(adapter, items: list) -> tuple[dict[str, torch.Tensor], list[str]]:
+def _encode_batch(sd, items: list) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Posterior and text conditioning of fitted (caption, image) items. SDXL's size ids are in the
     conditioning too; they are stored once, as time_ids."""
-    from hypersd.distill.data import posterior
-
     images, time_ids, captions = collate(items)
-    mean, std = posterior(adapter.vae, images)
-    cond = adapter.encode_prompts(captions, time_ids=time_ids)
+    mean, std = posterior(sd.vae, images)
+    cond = sd.encode_prompts(captions, time_ids=time_ids)
     tensors = {"mean": mean, "std": std, "time_ids": time_ids, "hidden_states": cond.hidden_states.cpu()}
     tensors.update({f"extra.{k}": v.cpu() for k, v in (cond.extra or {}).items() if k != "time_ids"})
     return tensors, captions
@@ -107,8 +107,6 @@ def write_cache(model: Path, source: str, out: Path, resolution: int | None = No
                 device: str = "cpu") -> dict:
     """Encode every usable item of `source` (image folder or tar shards) with `model` at `resolution`
     (None: the model's own image size); with crop "random", crops are seeded per item. Returns the index."""
-    from hypersd.models.adapter import load_adapter
-
     if crop not in CROPS:
         raise UserError(f"crop must be one of {', '.join(CROPS)}, got {crop!r}")
     kind = source_kind(source)
@@ -116,25 +114,17 @@ def write_cache(model: Path, source: str, out: Path, resolution: int | None = No
         raise UserError(f"hypersd cache reads an image folder or tar shards, not {kind} data: {source}")
     out = Path(out)
     _check_out(out)
-    adapter = load_adapter(model, device=device)
-    adapter.freeze_base()
-    resolution = resolution or adapter.image_size
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        index = _write(adapter, source, tmp, ImageTransform(resolution, crop), batch_size, max_shard_bytes, seed)
+    sd = load_model(model, device=device)
+    sd.freeze_base()
+    resolution = resolution or sd.image_size
+    with atomic_dir(out) as tmp:
+        index = _write(sd, source, tmp, ImageTransform(resolution, crop), batch_size, max_shard_bytes, seed)
         index.update(model=str(Path(model).resolve()), fingerprint=model_fingerprint(model), crop=crop)
         (tmp / CACHE_INDEX).write_text(json.dumps(index, indent=2))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
     return index
 
 
-def _write(adapter, source: str, folder: Path, transform: ImageTransform, batch_size: int,
+def _write(sd, source: str, folder: Path, transform: ImageTransform, batch_size: int,
            max_shard_bytes: int, seed: int) -> dict:
     skipped: dict[str, int] = {}
     writer = _ShardWriter(folder, max_shard_bytes)
@@ -143,11 +133,11 @@ def _write(adapter, source: str, folder: Path, transform: ImageTransform, batch_
     for item in fit_records(iter_records(source, skipped), transform, str(seed), skipped):
         batch.append(item)
         if len(batch) == batch_size:
-            writer.add(*_encode_batch(adapter, batch))
+            writer.add(*_encode_batch(sd, batch))
             bar.update(len(batch))
             batch = []
     if batch:
-        writer.add(*_encode_batch(adapter, batch))
+        writer.add(*_encode_batch(sd, batch))
         bar.update(len(batch))
     bar.close()
     writer.flush()
@@ -155,7 +145,7 @@ def _write(adapter, source: str, folder: Path, transform: ImageTransform, batch_
     if count == 0:
         raise UserError(f"no usable items in {source} ({describe_skipped(skipped) if skipped else 'no items'})")
     return {"format": FORMAT, "version": 1, "source": source, "resolution": transform.resolution,
-            "count": count, "skipped": skipped, "scaling_factor": adapter.vae.config.scaling_factor,
+            "count": count, "skipped": skipped, "scaling_factor": sd.vae.config.scaling_factor,
             "shapes": writer.shapes, "shards": writer.shards}
 
 

@@ -1,1 +1,1 @@
-"""Model construction: the tiny Stable-Diffusion-architecture model of the Shapes world."""
+"""The model interface over SD1.x / SDXL pipelines, pipeline files, the discriminator, the tiny SD."""

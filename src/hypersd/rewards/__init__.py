@@ -6,8 +6,9 @@
                                              the LAION aesthetic predictor from local files
     image-reward:FOLDER                      ImageReward (folder from `hypersd rewards convert-image-reward`)
 
-The Shapes instance segmenter (the perceptual model of eq. 14) is not a score of (image, prompt)
-but a loss against ground-truth instances: see `hypersd.rewards.segmenter`.
+The perceptual model of eq. 14 is not a score of (image, prompt) but a loss against annotated real
+images (`PerceptualModel`): `load_perceptual(folder)` gives the Shapes instance segmenter's
+(`hypersd.rewards.segmenter`; folder None: the shipped one).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hypersd.errors import UserError
-from hypersd.rewards.base import RewardModel
+from hypersd.rewards.base import PerceptualModel, RewardModel
 
 REWARD_KINDS = ("shapes-clean", "shapes-presence", "laion-aesthetic", "image-reward")
 
@@ -54,6 +55,15 @@ def load_reward(spec: str) -> RewardModel:
     from hypersd.rewards.image_reward import ImageReward
 
     return ImageReward(paths[0])
+
+
+def load_perceptual(folder: str | Path | None = None) -> PerceptualModel:
+    """The perceptual model of feedback learning: the Shapes instance segmenter in `folder`
+    (None or "": the shipped assets/shapes-segmenter)."""
+    from hypersd.assets import SEGMENTER
+    from hypersd.rewards.segmenter import ShapesPerceptual, ShapesSegmenter
+
+    return ShapesPerceptual(ShapesSegmenter.load(Path(folder) if folder else SEGMENTER))
 
 
 def check_reward_files(spec: str) -> None:

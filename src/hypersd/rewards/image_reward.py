@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from hypersd.errors import UserError, require
+from hypersd.io import atomic_dir
 from hypersd.rewards.base import RewardModel
 from hypersd.rewards.laion_aesthetic import AestheticHead, clip_preprocess
 
@@ -173,15 +174,8 @@ def convert_release(source: Path, tokenizer_dir: Path, out: Path, allow_pickle: 
         ImageRewardNet(config).load_state_dict(converted)  # refuses a mismatched architecture before writing
     except RuntimeError as exc:
         raise UserError(f"checkpoint does not fit the ImageReward architecture: {str(exc).splitlines()[0]}") from None
-    import shutil
-
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in converted.items()}, str(tmp / WEIGHTS))
-    (tmp / CONFIG).write_text(json.dumps(config, indent=2))
-    tokenizer.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with atomic_dir(out) as tmp:
+        save_file({k: v.contiguous() for k, v in converted.items()}, str(tmp / WEIGHTS))
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2))
+        tokenizer.save_pretrained(tmp)
     return out

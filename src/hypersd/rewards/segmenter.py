@@ -20,7 +20,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from hypersd.errors import require
-from hypersd.shapes.annotations import NUM_CLASSES, class_name
+from hypersd.rewards.base import PerceptualModel
+from hypersd.shapes.annotations import NUM_CLASSES, class_name, dense_targets
+from hypersd.shapes.batches import ShapesStream
 
 WEIGHTS, CONFIG = "segmenter.safetensors", "config.json"
 
@@ -113,3 +115,22 @@ def decode_instances(pred: dict[str, torch.Tensor], threshold: float = 0.3) -> l
                 objects.append(class_name(int(votes.mode().values)))
         found.append(sorted(objects))
     return found
+
+
+class ShapesPerceptual(PerceptualModel):
+    """The perceptual plug-in of the Shapes world: rendered scenes with exact instance targets, judged
+    by the instance segmenter's loss."""
+
+    name = "shapes-segmenter"
+
+    def __init__(self, segmenter: ShapesSegmenter):
+        super().__init__()
+        self.segmenter = segmenter
+        self.freeze()
+
+    def annotated_batch(self, n: int, seed: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[str]]:
+        images, captions, scenes = ShapesStream(seed).batch(n)
+        return images, dense_targets(scenes), captions
+
+    def loss(self, images: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        return instance_loss(self.segmenter(images), targets, self.segmenter.config)

@@ -22,6 +22,17 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Mild blur, noise and colour jitter: generated images are never as clean as renders."""
+    n = x.shape[0]
+    mix = torch.rand(n, 1, 1, 1, generator=gen) * 0.6
+    blurred = torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+    x = x * (1 - mix) + blurred * mix
+    x = x + torch.randn(x.shape, generator=gen) * torch.rand(n, 1, 1, 1, generator=gen) * 0.06
+    x = x * (1 + (torch.rand(n, 3, 1, 1, generator=gen) - 0.5) * 0.1)
+    return x.clamp(-1, 1)
+
+
 class ShapesStream:
     """An endless, seeded stream of freshly rendered Shapes batches."""
 

@@ -1,0 +1,85 @@
+"""`hypersd data ...` (Shapes datasets, the standard prompt set) and `hypersd cache`."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from hypersd.errors import require, require_model, require_writable_dir
+from hypersd.io import atomic_dir
+from hypersd.progress import progress
+
+app = typer.Typer(no_args_is_help=True, help="Datasets and prompt sets.")
+
+
+@app.command("shapes")
+def data_shapes(n: int = typer.Option(1000, "--n", help="Number of images."),
+                out: Path = typer.Option(..., "--out", help="Output folder (PNGs + samples.jsonl)."),
+                seed: int = typer.Option(0, help="Random seed."),
+                size: int = typer.Option(32, help="Image size in pixels.")):
+    """Render a Shapes-world image-folder dataset."""
+    import numpy as np
+
+    from hypersd.data.imagefolder import write_image_folder
+    from hypersd.shapes.world import render, sample_scene
+
+    require(n > 0, f"--n must be positive, got {n}")
+    require(size >= 32, f"--size must be at least 32, got {size}")
+    require_writable_dir(out.parent)
+    rng = random.Random(seed)
+    scenes = [sample_scene(rng) for _ in range(n)]
+    images = [np.asarray(render(s, size)) for s in progress(scenes, desc="render")]
+    records = [{"prompt": s.caption, "seed": seed, "category": s.category,
+                "objects": [{"shape": o.shape, "color": o.color, "size": o.size,
+                             "cx": o.center[0], "cy": o.center[1]} for o in s.objects]}
+               for s in scenes]
+    with atomic_dir(out) as tmp:
+        write_image_folder(tmp, images, records)
+    typer.echo(f"wrote {n} images to {out}")
+
+
+@app.command("prompts")
+def data_prompts(out: Path = typer.Option(..., "--out", help="Prompt file to write (.txt)."),
+                 n: int = typer.Option(600, "--n", help="Number of prompts (balanced over the 6 categories)."),
+                 seed: int = typer.Option(20240421, help="Random seed of the standard set.")):
+    """Write the standard ShapesEval prompt set (fixed seed, balanced categories)."""
+    from hypersd.inference.prompts import write_prompt_file
+    from hypersd.shapes.prompts import standard_prompts
+
+    require(n > 0, f"--n must be positive, got {n}")
+    require_writable_dir(out.parent)
+    write_prompt_file(out, standard_prompts(n, seed))
+    typer.echo(f"wrote {n} prompts to {out}")
+
+
+def cache_cmd(model: Path = typer.Option(..., help="Model whose VAE and text encoder(s) encode: diffusers folder or "
+                                                    "single-file checkpoint (with --model-config)."),
+              data: str = typer.Option(..., "--data", help="Image folder or tar shards (a .tar, shards-{000..009}.tar, "
+                                                           "a glob or a folder of .tar files)."),
+              out: Path = typer.Option(..., "--out", help="Cache folder to write (safetensors shards + cache-index.json)."),
+              resolution: Optional[int] = typer.Option(None, help="Image side in pixels (default: the model's own)."),
+              crop: str = typer.Option("center", help="center or random (seeded per image)."),
+              batch_size: int = typer.Option(16, help="Images encoded at once."),
+              seed: int = typer.Option(0, help="Seed of random crops."),
+              device: str = typer.Option("auto", help="auto (cuda if available), cpu or cuda.")):
+    """Encode a dataset once for one model: VAE posterior (mean, std), the text conditioning, captions
+    and size ids of every usable item. Train on it with data.source: OUT (same model and resolution)."""
+    from hypersd.data.cache import write_cache
+    from hypersd.data.sources import source_kind
+    from hypersd.data.transforms import CROPS, describe_skipped
+    from hypersd.models.pipelines import resolve_device
+
+    require(batch_size > 0, f"--batch-size must be positive, got {batch_size}")
+    require(resolution is None or resolution >= 8, f"--resolution must be at least 8, got {resolution}")
+    require(crop in CROPS, f"--crop must be one of {', '.join(CROPS)}, got {crop!r}")
+    require(device in ("auto", "cpu", "cuda"), f"--device must be auto, cpu or cuda, got {device!r}")
+    kind = source_kind(data)
+    require(kind in ("folder", "shards"), f"--data must be an image folder or tar shards, got {kind} data: {data}")
+    require_model(model)
+    require_writable_dir(out.parent)
+    index = write_cache(model, data, out, resolution, crop, batch_size, seed=seed, device=str(resolve_device(device)))
+    typer.echo(f"wrote {index['count']} items to {out} ({len(index['shards'])} shards, resolution "
+               f"{index['resolution']}; skipped: {describe_skipped(index['skipped'])})")

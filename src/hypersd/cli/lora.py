@@ -1,0 +1,66 @@
+"""`hypersd lora ...`: merge, export and fuse LoRA files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from hypersd.cli.common import lora_specs
+from hypersd.errors import UserError, require, require_writable_dir
+
+app = typer.Typer(no_args_is_help=True, help="LoRA files: merge, export, fuse.")
+
+
+@app.command("merge")
+def lora_merge(a: Path = typer.Argument(..., help="Base LoRA (e.g. TSCD); its inference settings are kept."),
+               b: Path = typer.Argument(..., help="LoRA to add (e.g. the feedback LoRA)."),
+               out: Path = typer.Option(..., "--out", help="Merged LoRA file to write (.safetensors)."),
+               ratio: float = typer.Option(1.0, help="Weight of B: delta W = delta W_A + RATIO * delta W_B.")):
+    """Merge two LoRAs exactly into one file (ranks add up)."""
+    from hypersd.lora.merge import merge_lora_files
+
+    require(out.suffix == ".safetensors", f"--out must end in .safetensors, got {out}")
+    require_writable_dir(out.parent)
+    merge_lora_files(a, b, out, ratio)
+    typer.echo(f"wrote {out}")
+
+
+@app.command("export")
+def lora_export(source: Path = typer.Argument(..., help="A LoRA file, or a run folder (its unified LoRA, else "
+                                                       "its final TSCD LoRA)."),
+                out: Path = typer.Option(..., "--out", help="File to write (.safetensors)."),
+                format: str = typer.Option("kohya", "--format", help="kohya (ComfyUI, A1111) or diffusers.")):
+    """Export a LoRA for other tools: kohya layout (lora_unet_* keys with alpha) or diffusers (peft keys)."""
+    from hypersd.lora.export import export_kohya
+    from hypersd.lora.files import copy_lora
+    from hypersd.lora.merge import read_lora
+    from hypersd.train.outputs import final_lora, phase_lora
+
+    require(format in ("kohya", "diffusers"), f"--format must be kohya or diffusers, got {format!r}")
+    require(out.suffix == ".safetensors", f"--out must end in .safetensors, got {out}")
+    if source.is_dir():
+        require((source / "loras").is_dir(), f"{source} is neither a LoRA file nor a run folder (no loras/)")
+        try:
+            source = phase_lora(source, "unified") or final_lora(source)
+        except FileNotFoundError as exc:
+            raise UserError(str(exc)) from None
+    require_writable_dir(out.parent)
+    read_lora(source)  # a clear error for anything that is not a LoRA file
+    written = export_kohya(source, out) if format == "kohya" else copy_lora(source, out)
+    typer.echo(f"wrote {written} ({format}, from {source})")
+
+
+@app.command("fuse")
+def lora_fuse(model: Path = typer.Option(..., help="Diffusers pipeline folder."),
+              lora: list[str] = typer.Option(..., help="LoRA file, FILE or FILE:SCALE; repeatable."),
+              out: Path = typer.Option(..., "--out", help="Pipeline folder to write.")):
+    """Write a full pipeline with the LoRA(s) fused into the UNet; the first LoRA's sampling settings
+    go with it (hypersd_inference.json, applied by `hypersd sample --model OUT`)."""
+    from hypersd.inference.fuse import fuse_into_pipeline
+
+    specs = lora_specs(lora)
+    for spec in specs:
+        require(spec.path.is_file(), f"LoRA file not found: {spec.path}")
+    require_writable_dir(out.parent)
+    typer.echo(f"wrote {fuse_into_pipeline(model, specs, out)}")

@@ -1,0 +1,198 @@
+"""`hypersd eval`: sample a model at several settings and score each one.
+
+For each row: ShapesEval accuracy (per category, overall), Frechet distance to real renders in
+the evaluator's feature space, and PSNR against the teacher's 50-step DDIM sample from the same
+noise and prompt. Writes metrics.json, metrics.md, metrics.png and one samples folder (with grid)
+per row.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hypersd.assets import REFERENCE_SCHEDULER, REFERENCE_STEPS, TEACHER_GUIDANCE
+from hypersd.core.metrics import frechet_distance, mean_finite, psnr_uint8
+from hypersd.embedded.evaluator.detector import ShapesDetector
+from hypersd.embedded.evaluator.shapes_eval import accuracy_table, judge_images
+from hypersd.inference.sample import apply_loras, generate, write_samples
+from hypersd.inference.settings import SampleSettings
+from hypersd.models.pipelines import load_pipeline
+from hypersd.shapes.batches import to_tensor
+from hypersd.shapes.world import CATEGORIES, render_array, sample_scene
+
+REAL_SEED = 31337
+
+
+@dataclass
+class Row:
+    label: str
+    settings: SampleSettings
+    model: Path | None = None  # another pipeline folder (a distilled full UNet); None: the evaluated model
+
+
+@torch.no_grad()
+def features(detector: ShapesDetector, images: np.ndarray, batch: int = 500) -> np.ndarray:
+    return np.concatenate([
+        detector(to_tensor(images[i:i + batch]))["features"].numpy()
+        for i in range(0, len(images), batch)
+    ])
+
+
+@lru_cache(maxsize=4)
+def real_images(n: int, seed: int = REAL_SEED) -> np.ndarray:
+    """n real renders, categories round-robin like the standard prompt set."""
+    rng = random.Random(seed)
+    return render_array([sample_scene(rng, CATEGORIES[i % len(CATEGORIES)]) for i in range(n)])
+
+
+def score(detector, images: np.ndarray, prompts: list[str], real_feats: np.ndarray,
+          reference: np.ndarray | None) -> tuple[dict, list[dict]]:
+    """Metrics of one set of images, and the per-image judgements."""
+    records = judge_images(detector, images, prompts)
+    result = {"shapes_eval": accuracy_table(records),
+              "fd": frechet_distance(features(detector, images), real_feats)}
+    if reference is not None:
+        result["psnr_vs_teacher"] = mean_finite(psnr_uint8(images, reference))
+    return result, records
+
+
+def evaluate(model: Path, rows: list[Row], prompts: list[str], detector_dir: Path, out: Path,
+             n_real: int = 2000, seed: int = 0, log=print, extra_scores=None) -> dict:
+    """Sample and score every row; the teacher reference is the base model without LoRA.
+    `extra_scores(images_uint8, prompts) -> dict` adds more per-row numbers (e.g. rewards)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    detector = ShapesDetector.load(detector_dir)
+    real_feats = features(detector, real_images(n_real))
+    seeds = [seed + i for i in range(len(prompts))]
+    pipe = load_pipeline(model)
+    reference_settings = SampleSettings(steps=REFERENCE_STEPS, scheduler=REFERENCE_SCHEDULER,
+                                        guidance=TEACHER_GUIDANCE, seed=seed)
+    reference, reference_seconds = _reference_images(pipe, out, prompts, seeds, reference_settings)
+    results, teacher_pipe, other = [], pipe, (None, None)  # one other model folder loaded at a time
+    for row in rows:
+        start = time.time()
+        if row.model is not None and other[0] != Path(row.model).resolve():
+            other = (Path(row.model).resolve(), load_pipeline(row.model))
+        pipe = teacher_pipe if row.model is None else other[1]
+        apply_loras(pipe, row.settings.loras)
+        if row.model is None and _same(row.settings, reference_settings):
+            images, seconds = reference, reference_seconds
+        else:
+            images = generate(pipe, prompts, row.settings, seeds, progress_desc=row.label)
+            seconds = time.time() - start
+        if row.settings.loras:
+            pipe.unload_lora_weights()
+        metrics, records = score(detector, images, prompts, real_feats, reference)
+        folder = out / "samples" / _slug(row.label)
+        write_samples(folder, images, prompts, seeds, row.settings)
+        (folder / "judgements.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        if extra_scores is not None:
+            metrics["extra"] = extra_scores(images, prompts)
+        entry = {"label": row.label, **row.settings.record(), **({"model": str(row.model)} if row.model else {}),
+                 **metrics,
+                 "sample_seconds": round(seconds, 1), "samples": str(folder.relative_to(out))}
+        results.append(entry)
+        log(f"{row.label}: ShapesEval {metrics['shapes_eval']['overall']:.3f}  FD {metrics['fd']:.2f}"
+            f"  PSNR {metrics.get('psnr_vs_teacher', float('nan')):.2f} dB  ({seconds:.0f} s)")
+    summary = {
+        "model": str(model),
+        "prompts": len(prompts),
+        "real_images": n_real,
+        "reference": reference_settings.record(),
+        "real_shapes_eval": _real_accuracy(detector),
+        "rows": results,
+    }
+    write_reports(out, summary)
+    return summary
+
+
+def _same(a: SampleSettings, b: SampleSettings) -> bool:
+    return not a.loras and a.record() == b.record()
+
+
+def _reference_images(pipe, out: Path, prompts, seeds, settings: SampleSettings):
+    """The teacher's 50-step images and their sampling time, cached in out/reference.npz."""
+    cache = out / "reference.npz"
+    key = json.dumps({"prompts": prompts, "seeds": seeds, "settings": settings.record()})
+    if cache.is_file():
+        stored = np.load(cache)
+        if str(stored["key"]) == key:
+            return stored["images"], float(stored["seconds"])
+    start = time.time()
+    images = generate(pipe, prompts, settings, seeds, progress_desc="teacher reference")
+    seconds = time.time() - start
+    np.savez_compressed(cache, images=images, key=np.array(key), seconds=np.array(seconds))
+    return images, seconds
+
+
+def _real_accuracy(detector, n: int = 600) -> dict:
+    rng = random.Random(REAL_SEED + 1)
+    scenes = [sample_scene(rng, CATEGORIES[i % len(CATEGORIES)]) for i in range(n)]
+    return accuracy_table(judge_images(detector, render_array(scenes), [s.caption for s in scenes]))
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in label).strip("-")
+
+
+def with_steps(settings: SampleSettings, steps: int) -> SampleSettings:
+    return replace(settings, steps=steps)
+
+
+def markdown_table(summary: dict) -> str:
+    cats = list(CATEGORIES)
+    extra = list(dict.fromkeys(k for r in summary["rows"] for k in r.get("extra", {})))
+    head = ["model", "steps", "scheduler", "cfg", "overall", *cats, "FD", "PSNR vs teacher (dB)", *extra]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in summary["rows"]:
+        acc = r["shapes_eval"]
+        psnr = r.get("psnr_vs_teacher")
+        cells = [r["label"], str(r["steps"]), r["scheduler"], f"{r['guidance']:g}",
+                 f"**{acc['overall']:.3f}**", *[f"{acc.get(c, float('nan')):.2f}" for c in cats],
+                 f"{r['fd']:.2f}", "ref" if psnr is not None and psnr >= 100 else f"{psnr:.2f}",
+                 *[f"{r.get('extra', {}).get(k, float('nan')):.3f}" for k in extra]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_metrics(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[dict]] = {}
+    for r in summary["rows"]:
+        series.setdefault(r["label"].split(" @")[0], []).append(r)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    panels = [("ShapesEval overall", lambda r: r["shapes_eval"]["overall"]),
+              ("FD to real (lower is better)", lambda r: r["fd"]),
+              ("PSNR vs teacher 50-step (dB)", lambda r: min(r.get("psnr_vs_teacher", math.nan), 60))]
+    for ax, (title, get) in zip(axes, panels):
+        for name, rs in series.items():
+            rs = sorted(rs, key=lambda r: r["steps"])
+            ax.plot([r["steps"] for r in rs], [get(r) for r in rs], marker="o", label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("sampling steps")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_reports(out: Path, summary: dict) -> None:
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    (out / "metrics.md").write_text(markdown_table(summary))
+    plot_metrics(summary, out / "metrics.png")

@@ -1,0 +1,47 @@
+"""Evaluation rows for a finished distillation run: its final LoRA at several step counts, each
+stage's LoRA at its own step count, the feedback merge and the unified LoRA. Shared by `make demo`
+and the benchmarks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hypersd.embedded.evaluator.evaluate import Row
+from hypersd.inference.settings import SampleSettings
+from hypersd.lora.files import LoraSpec
+from hypersd.train.outputs import final_lora, phase_lora, stage_loras
+
+
+def distilled_rows(run: Path, label: str, steps=(1, 2, 4, 8), scheduler: str = "ddim-trailing",
+                   eta: float | None = None, per_stage: bool = False) -> list[Row]:
+    """The final LoRA at every step count (no guidance); with per_stage, each earlier stage's LoRA at k steps."""
+    rows = [Row(f"{label} @{s}", SampleSettings(steps=s, scheduler=scheduler, guidance=0.0, eta=eta,
+                                                 loras=[LoraSpec(final_lora(run))]))
+            for s in steps]
+    if per_stage:
+        loras = stage_loras(run)
+        for k in sorted(loras, reverse=True):
+            if k != min(loras):
+                rows.append(Row(f"{label} stage k{k} @{k}", SampleSettings(
+                    steps=k, scheduler="ddim-trailing", guidance=0.0, loras=[LoraSpec(loras[k])])))
+    return rows
+
+
+def unified_rows(run: Path, label: str = "Hyper-SD unified", steps=(1, 2, 4, 8), etas=(0.3,)) -> list[Row]:
+    """The unified LoRA with the TCD scheduler at each step count and eta (Hyper-SD Table 4)."""
+    lora = phase_lora(run, "unified")
+    if lora is None:
+        return []
+    suffix = len(etas) > 1
+    return [Row(f"{label} @{s}" + (f" eta {eta:g}" if suffix else ""),
+                SampleSettings(steps=s, scheduler="tcd", guidance=0.0, eta=eta, loras=[LoraSpec(lora)]))
+            for eta in etas for s in steps]
+
+
+def feedback_rows(run: Path, label: str = "TSCD + feedback", steps=(4,)) -> list[Row]:
+    """The TSCD LoRA merged with the feedback LoRA (a feedback stage's output), DDIM trailing."""
+    lora = phase_lora(run, "feedback")
+    if lora is None:
+        return []
+    return [Row(f"{label} @{s}", SampleSettings(steps=s, scheduler="ddim-trailing", guidance=0.0,
+                                                 loras=[LoraSpec(lora)])) for s in steps]

@@ -1,1 +1,0 @@
-"""ShapesEval: a learned detector that reads Shapes images, the rule-based judge, FD and PSNR."""

@@ -1,0 +1,1 @@
+"""Inference: sampling settings, samplers and sample folders, prompt files, grids, ControlNet, fusing."""

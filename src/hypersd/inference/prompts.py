@@ -1,0 +1,43 @@
+"""Prompt files: plain text (one prompt per line) or .jsonl (a `prompt` field per line)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hypersd.errors import UserError
+
+
+def read_prompt_file(path: Path) -> list[str]:
+    """One prompt per line (.txt), or a `prompt` field per line (.jsonl). Blank lines skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"prompt file not found: {path}")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read prompt file {path}: {exc}") from None
+    prompts = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if path.suffix == ".jsonl":
+            try:
+                record = json.loads(line)
+                prompt = record["prompt"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise UserError(f"{path}:{number}: expected a JSON object with a 'prompt' field") from None
+            if not isinstance(prompt, str):
+                raise UserError(f"{path}:{number}: 'prompt' must be a string")
+            prompts.append(prompt)
+        else:
+            prompts.append(line.strip())
+    if not prompts:
+        raise UserError(f"prompt file has no prompts: {path}")
+    return prompts
+
+
+def write_prompt_file(path: Path, prompts: list[str]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(prompts) + "\n")

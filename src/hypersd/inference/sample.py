@@ -1,0 +1,114 @@
+"""Sampling with the diffusers pipeline and schedulers (nothing re-implemented here).
+
+A scheduler is chosen by name; LoRAs are loaded with diffusers' own loader; every image gets its
+own seed so results do not depend on batching. Outputs: PNGs, samples.jsonl, a labelled grid.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hypersd.data.imagefolder import write_image_folder
+from hypersd.errors import UserError, require
+from hypersd.inference.grids import labelled_grid
+from hypersd.inference.settings import SCHEDULERS, SampleSettings
+from hypersd.io import atomic_dir
+from hypersd.lora.files import LoraSpec
+from hypersd.progress import progress
+
+
+def make_scheduler(name: str, base_config):
+    """A diffusers scheduler by project name, built from the model's own noise-schedule config."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, LCMScheduler, TCDScheduler
+
+    if name == "ddim":
+        return DDIMScheduler.from_config(base_config, timestep_spacing="leading", steps_offset=1)
+    if name == "ddim-trailing":
+        return DDIMScheduler.from_config(base_config, timestep_spacing="trailing", steps_offset=1)
+    if name == "tcd":
+        return TCDScheduler.from_config(base_config, timestep_spacing="trailing")
+    if name == "lcm":
+        return LCMScheduler.from_config(base_config, timestep_spacing="trailing")
+    if name == "euler":
+        return EulerDiscreteScheduler.from_config(base_config, timestep_spacing="trailing")
+    if name == "dpmpp":
+        return DPMSolverMultistepScheduler.from_config(base_config, timestep_spacing="trailing")
+    raise UserError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+
+
+
+def apply_loras(pipe, loras: list[LoraSpec]) -> None:
+    """Load each LoRA file as its own adapter and activate them with their scales."""
+    if not loras:
+        return
+    names = []
+    for i, spec in enumerate(loras):
+        name = f"lora{i}"
+        try:
+            pipe.load_lora_weights(str(spec.path), adapter_name=name)
+        except Exception as exc:  # diffusers raises many types for a bad file
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UserError(f"cannot load LoRA {spec.path}: {first}") from None
+        names.append(name)
+    pipe.set_adapters(names, adapter_weights=[spec.scale for spec in loras])
+
+
+def _supports_custom_timesteps(scheduler) -> bool:
+    return "timesteps" in inspect.signature(scheduler.set_timesteps).parameters
+
+
+def generate(pipe, prompts: list[str], settings: SampleSettings, seeds: list[int] | None = None,
+             progress_desc: str | None = None, extra_call: dict | None = None) -> np.ndarray:
+    """Images for the prompts as uint8 (n, H, W, 3); image i uses seed `seeds[i]`. `extra_call` adds
+    pipeline-specific arguments to every call (a ControlNet pipeline's `image=`, for example). The
+    sampler is built from the pipeline's own scheduler config and put back afterwards."""
+    settings.validate()
+    own = pipe.scheduler
+    pipe.scheduler = make_scheduler(settings.scheduler, own.config)
+    try:
+        return _sample(pipe, prompts, settings, seeds, progress_desc, extra_call)
+    finally:
+        pipe.scheduler = own
+
+
+def _sample(pipe, prompts, settings: SampleSettings, seeds, progress_desc, extra_call) -> np.ndarray:
+    call = {"guidance_scale": settings.guidance, "output_type": "np"}
+    if settings.timesteps:
+        require(_supports_custom_timesteps(pipe.scheduler),
+                f"scheduler {settings.scheduler!r} does not take custom timesteps")
+        call["timesteps"] = list(settings.timesteps)
+    else:
+        call["num_inference_steps"] = settings.steps
+    if settings.eta is not None:
+        call["eta"] = settings.eta
+    call.update(extra_call or {})
+    seeds = seeds if seeds is not None else [settings.seed + i for i in range(len(prompts))]
+    chunks = []
+    starts = range(0, len(prompts), settings.batch_size)
+    for start in progress(starts, desc=progress_desc or f"{settings.scheduler} {settings.steps} steps"):
+        end = start + settings.batch_size
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds[start:end]]
+        with torch.inference_mode():
+            images = pipe(prompt=prompts[start:end], generator=generators, **call).images
+        chunks.append((np.clip(images, 0, 1) * 255).round().astype(np.uint8))
+    return np.concatenate(chunks)
+
+
+def write_samples(out: Path, images: np.ndarray, prompts: list[str], seeds: list[int],
+                  settings: SampleSettings, grid_columns: int = 8, grid_limit: int = 64,
+                  extra_record: dict | None = None, extra_files: dict | None = None) -> Path:
+    """PNGs + samples.jsonl + grid.png, written atomically (hypersd.io).
+    `extra_record` is added to every samples.jsonl line; `extra_files` maps file names to PIL images
+    saved beside the samples (e.g. the control image that conditioned them)."""
+    common = {**settings.record(), **(extra_record or {})}
+    records = [{"prompt": p, "seed": s, **common} for p, s in zip(prompts, seeds)]
+    with atomic_dir(out) as tmp:
+        write_image_folder(tmp, images, records)
+        labelled_grid(images[:grid_limit], prompts[:grid_limit], columns=grid_columns).save(tmp / "grid.png")
+        for name, image in (extra_files or {}).items():
+            image.save(tmp / name)
+    return Path(out)

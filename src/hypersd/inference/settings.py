@@ -1,0 +1,99 @@
+"""Sampling settings: what the user gave, over one recommendation taken whole (a LoRA's metadata,
+the release's naming conventions, a model folder's INFERENCE_FILE), over the defaults."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hypersd.errors import UserError, require
+from hypersd.inference.conventions import released_settings
+from hypersd.lora.files import LoraSpec, inference_settings
+from hypersd.models.pipelines import INFERENCE_FILE
+
+SCHEDULERS = ("ddim", "ddim-trailing", "tcd", "lcm", "euler", "dpmpp")
+
+
+@dataclass
+class SampleSettings:
+    steps: int = 4
+    scheduler: str = "ddim-trailing"
+    guidance: float = 0.0
+    eta: float | None = None
+    timesteps: list[int] | None = None
+    seed: int = 0
+    batch_size: int = 125
+    loras: list[LoraSpec] = field(default_factory=list)
+
+    def validate(self) -> None:
+        require(self.steps > 0, f"steps must be a positive integer, got {self.steps}")
+        require(self.scheduler in SCHEDULERS,
+                f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+        require(self.eta is None or 0.0 <= self.eta <= 1.0, f"eta must be in [0, 1], got {self.eta}")
+        require(self.guidance >= 0, f"guidance must be >= 0, got {self.guidance}")
+        require(self.batch_size > 0, f"batch size must be positive, got {self.batch_size}")
+        if self.timesteps is not None:
+            require(all(0 <= t < 1000 for t in self.timesteps),
+                    f"timesteps must lie in [0, 999], got {self.timesteps}")
+        for lora in self.loras:
+            require(lora.path.is_file(), f"LoRA file not found: {lora.path}")
+
+    def record(self) -> dict:
+        """What goes into each samples.jsonl line besides file, prompt and seed."""
+        return {
+            "steps": len(self.timesteps) if self.timesteps else self.steps,
+            "scheduler": self.scheduler,
+            "guidance": self.guidance,
+            "eta": self.eta,
+            "timesteps": self.timesteps,
+            "lora": [f"{spec.path}:{spec.scale:g}" for spec in self.loras],
+        }
+
+
+SETTING_DEFAULTS = {"steps": 4, "scheduler": "ddim-trailing", "guidance": 0.0, "eta": None, "timesteps": None}
+
+
+def recommended_settings(loras: list[LoraSpec]) -> dict:
+    """Sampling settings stored in the first LoRA file that has them (see hypersd.lora.files), else those
+    of the first file named like an official Hyper-SD release (hypersd.inference.conventions)."""
+
+    for spec in loras:
+        stored = inference_settings(spec.path)
+        if stored:
+            return {key: stored[key] for key in SETTING_DEFAULTS if key in stored}
+    for spec in loras:
+        named = released_settings(Path(spec.path).name)
+        if named:
+            return named
+    return {}
+
+
+def model_settings(model: Path | None) -> dict:
+    """Sampling settings a distilled full-UNet pipeline folder carries (hypersd_inference.json)."""
+    path = Path(model) / INFERENCE_FILE if model is not None else None
+    if path is None or not path.is_file():
+        return {}
+    try:
+        stored = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    if not isinstance(stored, dict):
+        raise UserError(f"{path} must hold a JSON object of sampling settings")
+    return {key: stored[key] for key in SETTING_DEFAULTS if key in stored}
+
+
+def resolve_settings(given: dict, loras: list[LoraSpec], model: Path | None = None,
+                     fallback: dict | None = None) -> dict:
+    """What the user gave over one recommendation taken whole: the LoRA's, else `fallback` (e.g. a
+    one-step UNet file's convention), else the model folder's, else the defaults (None = not given).
+    A recommendation's eta and timesteps belong to its scheduler (and timesteps to its steps): they
+    are dropped when the user picks another scheduler (or other steps)."""
+    chosen = {**SETTING_DEFAULTS, **(recommended_settings(loras) or fallback or model_settings(model))}
+    if given.get("scheduler") is not None and given["scheduler"] != chosen["scheduler"]:
+        chosen.update(eta=None, timesteps=None)
+    if given.get("steps") is not None:
+        chosen["timesteps"] = None
+    chosen.update({key: value for key, value in given.items() if value is not None})
+    return chosen
+

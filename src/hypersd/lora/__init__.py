@@ -1,0 +1,1 @@
+"""LoRA adapters on one UNet (their roles in a run) and LoRA files: save, load, merge, export."""

@@ -1,0 +1,128 @@
+"""LoRA files (diffusers format, safetensors): write an adapter, read its metadata, load one back.
+
+A saved file is exactly what `StableDiffusionPipeline.save_lora_weights` writes (so
+`pipe.load_lora_weights(file)` loads it unchanged, alpha included), plus one metadata entry,
+`hypersd_inference`: the recommended scheduler, timestep spacing, steps, guidance and eta, which
+`hypersd sample` applies unless the user overrides them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from hypersd.errors import UserError
+from hypersd.io import atomic_file
+
+INFERENCE_KEY = "hypersd_inference"
+
+
+@dataclass
+class LoraSpec:
+    path: Path
+    scale: float = 1.0
+
+    @classmethod
+    def parse(cls, text: str) -> "LoraSpec":
+        """`FILE` or `FILE:SCALE`."""
+        path, scale = text, 1.0
+        head, sep, tail = text.rpartition(":")
+        if sep and head:
+            try:
+                path, scale = head, float(tail)
+            except ValueError:
+                path = text
+        return cls(Path(path), scale)
+
+
+def save_lora(path: Path, unet, name: str, inference: dict | None = None, extra: dict | None = None) -> Path:
+    """Write adapter `name` of `unet` to one safetensors file, atomically."""
+    from diffusers import StableDiffusionPipeline
+    from peft.utils import get_peft_model_state_dict
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config = unet.peft_config[name]
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:  # diffusers writes a folder; we keep one file
+        StableDiffusionPipeline.save_lora_weights(
+            tmp, unet_lora_layers=get_peft_model_state_dict(unet, adapter_name=name),
+            unet_lora_adapter_metadata=config.to_dict(), weight_name="lora.safetensors")
+        written = Path(tmp) / "lora.safetensors"
+        with safe_open(written, "pt") as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+        if inference is not None:
+            metadata[INFERENCE_KEY] = json.dumps(inference)
+        for key, value in (extra or {}).items():
+            metadata[f"hypersd_{key}"] = value if isinstance(value, str) else json.dumps(value)
+    with atomic_file(path) as partial:
+        save_file(tensors, str(partial), metadata=metadata)
+    return path
+
+
+def read_metadata(path: Path) -> dict:
+    """The file's safetensors metadata; one clear error for a missing or malformed file."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"LoRA file not found: {path}")
+    try:
+        with safe_open(path, "pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as exc:  # safetensors raises its own error types for a bad header
+        raise UserError(f"cannot load LoRA {path}: not a safetensors file ({type(exc).__name__})") from None
+
+
+def inference_settings(path: Path) -> dict:
+    """The recommended sampling settings stored in a LoRA file ({} when it has none)."""
+    text = read_metadata(path).get(INFERENCE_KEY)
+    if not text:
+        return {}
+    try:
+        settings = json.loads(text)
+    except json.JSONDecodeError:
+        raise UserError(f"LoRA {path}: its {INFERENCE_KEY} metadata is not valid JSON") from None
+    return settings if isinstance(settings, dict) else {}
+
+
+def copy_lora(src: Path, dst: Path) -> Path:
+    with atomic_file(dst) as tmp:
+        shutil.copyfile(src, tmp)
+    return Path(dst)
+
+
+def load_into_adapter(unet, path: Path, name: str) -> int:
+    """Load a diffusers-format LoRA file's weights into existing adapter `name` (same targets and
+    rank; its scale alpha / r must match too) with peft's own set_peft_model_state_dict. Returns the
+    number of tensors loaded."""
+    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    metadata = read_metadata(path)  # one clear line for a missing or broken file
+    if "lora_adapter_metadata" in metadata:
+        stored = json.loads(metadata["lora_adapter_metadata"])
+        config = unet.peft_config[name]
+        if stored.get("unet.rank_pattern") or abs(stored["unet.lora_alpha"] / stored["unet.r"]
+                                                  - config.lora_alpha / config.r) > 1e-9:
+            raise UserError(f"LoRA {path}: its scale alpha/r (or per-module ranks) differ from the run's "
+                            f"lora.rank/lora.alpha; set them to the file's (r {stored['unet.r']}, "
+                            f"alpha {stored['unet.lora_alpha']})")
+    state = {key[len("unet."):]: value for key, value in load_file(str(path)).items()
+             if key.startswith("unet.") and ".lora_" in key}
+    if not state:
+        raise UserError(f"LoRA {path} holds no UNet LoRA weights")
+    own = get_peft_model_state_dict(unet, adapter_name=name)
+    for key, value in state.items():
+        if key not in own:
+            raise UserError(f"LoRA {path}: unet.{key} has no place in this run's adapter (other LoRA targets?)")
+        if own[key].shape != value.shape:
+            raise UserError(f"LoRA {path}: unet.{key} has shape {tuple(value.shape)}, the run's adapter "
+                            f"{tuple(own[key].shape)} (set lora.rank to the file's rank)")
+    set_peft_model_state_dict(unet, state, adapter_name=name)
+    return len(state)

@@ -1,0 +1,1 @@
+"""Distillation training: recipes, the objectives, the run and its stages, checkpoints, parallelism."""
