@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from hypersd.embedded.evaluator.evaluate import plot_metrics
-from hypersd.train.checkpoint import read_position
+from hypersd.train.checkpoint import has_checkpoint
 from hypersd.train.outputs import stage_name
 from hypersd.train.run import Run
 
@@ -21,7 +21,7 @@ def train_or_reuse(recipe, model: Path, out: Path, init_lora: Path | None = None
     metrics_file = out / "metrics.json"
     if metrics_file.is_file() and len(json.loads(metrics_file.read_text())["stages"]) == len(recipe.stages):
         return json.loads(metrics_file.read_text())
-    resume = read_position(out / "checkpoint") is not None
+    resume = has_checkpoint(out)
     if out.exists() and not resume:
         shutil.rmtree(out)
     metrics = Run(recipe, model, out, init_lora=init_lora).train(resume=resume)
@@ -34,7 +34,8 @@ def train_or_reuse(recipe, model: Path, out: Path, init_lora: Path | None = None
 def uninterrupted_seconds(metrics: dict, recipe) -> float:
     """Training time of the whole run; a resumed stage's rate is scaled to its full length."""
     stages = {stage_name(stage): stage.iterations for stage in recipe.stages}
-    return sum(s["seconds"] / max(s["steps"], 1) * stages[name] for name, s in metrics["stages"].items())
+    ran = {name: s["steps"] - s.get("resumed_at_step", 0) for name, s in metrics["stages"].items()}
+    return sum(s["seconds"] / max(ran[name], 1) * stages[name] for name, s in metrics["stages"].items())
 
 
 def write_results(stem_name: str, summary: dict, markdown: str) -> Path:

@@ -15,6 +15,7 @@ from hypersd.data.cache import LatentCache
 from hypersd.data.shards import ShardStream, expand_braces
 from hypersd.data.transforms import ImageTransform, fit, make_buckets, nearest_bucket
 from hypersd.errors import UserError
+from hypersd.train.checkpoint import latest_checkpoint
 from hypersd.train.recipe import Data
 
 COLORS = ["red", "green", "blue", "yellow", "white", "black", "purple", "orange", "gray", "pink", "cyan", "brown"]
@@ -365,7 +366,7 @@ def test_a_run_on_tar_shards_logs_skips_and_resumes_the_stream_exactly(tiny_pipe
     recipe = _run_recipe(tmp_path, folder)
     Run(recipe, tiny_pipeline_dir, tmp_path / "whole").train()
     Run(recipe, tiny_pipeline_dir, tmp_path / "killed").train(stop_after=2)
-    position = json.loads((tmp_path / "killed" / "checkpoint" / "state.json").read_text())
+    position = json.loads((latest_checkpoint(tmp_path / "killed") / "state.json").read_text())
     assert position["step"] == 2 and position["data"][0]["epoch"] == 0
     assert position["data"][0]["consumed"] in (4, 5)     # 2 batches of 2 (+ the bad item if it came first)
     Run(recipe, tiny_pipeline_dir, tmp_path / "killed").train(resume=True)

@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 from hypersd.errors import UserError
+from hypersd.train.checkpoint import latest_checkpoint
 from hypersd.train.recipe import load_recipe
 from hypersd.train.run import Run
 
@@ -183,8 +184,8 @@ def test_trained_weights_are_identical_on_every_process(launched):
     for name in ("student", "fake"):  # they learned
         assert any(v.abs().sum() > 0 for k, v in a.items() if f".{name}." in k and "lora_B" in k)
     # the checkpoint (process 0) holds those same weights
-    saved = load_file(out / "checkpoint" / "adapters.safetensors")
-    saved.update({"discriminator." + k: v for k, v in load_file(out / "checkpoint" / "discriminator.safetensors").items()})
+    saved = load_file(latest_checkpoint(out) / "adapters.safetensors")
+    saved.update({"discriminator." + k: v for k, v in load_file(latest_checkpoint(out) / "discriminator.safetensors").items()})
     assert saved.keys() == a.keys()
     assert all(torch.equal(saved[k], a[k]) for k in a)
 
@@ -193,14 +194,14 @@ def test_only_process_0_writes_the_run_folder(launched):
     out, _, _, (r0, r1) = launched
     assert r1["writes"] == []  # process 1 opened nothing for writing, made/renamed/removed nothing there
     written = {path.split(os.sep)[0] for _, path in r0["writes"]}
-    assert {"recipe.yaml", "log.jsonl", "checkpoint", "loras", "samples", "metrics.json"} <= written
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint", "log.jsonl", "loras", "metrics.json",
+    assert {"recipe.yaml", "log.jsonl", "checkpoints", "loras", "samples", "metrics.json"} <= written
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "log.jsonl", "loras", "metrics.json",
                                                      "recipe.yaml", "samples"]
     assert sorted(p.name for p in (out / "loras").iterdir()) == [
         "dmd-unified.safetensors", "tscd-k1.safetensors", "tscd-k2.safetensors"]
-    assert sorted(p.name for p in (out / "checkpoint").iterdir()) == [
-        "adapters.safetensors", "discriminator.safetensors", "optimizer-discriminator.pt", "optimizer-fake.pt",
-        "optimizer-student.pt", "rng-rank1.safetensors", "rng.safetensors", "state.json"]
+    assert sorted(p.name for p in latest_checkpoint(out).iterdir()) == [
+        "adapters.safetensors", "discriminator.safetensors", "manifest.json", "optimizer-discriminator.pt",
+        "optimizer-fake.pt", "optimizer-student.pt", "rng-rank1.safetensors", "rng.safetensors", "state.json"]
     assert not [p for p in out.rglob("*") if ".tmp" in p.name or ".old" in p.name or "probe" in p.name]
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     steps = [(r["stage"], r["step"]) for r in records if "step" in r and "event" not in r]
@@ -211,8 +212,8 @@ def test_only_process_0_writes_the_run_folder(launched):
 
 def test_checkpoint_keeps_every_process_random_state(launched):
     out, _, _, _ = launched
-    rng0 = load_file(out / "checkpoint" / "rng.safetensors")["torch_rng"]
-    rng1 = load_file(out / "checkpoint" / "rng-rank1.safetensors")["torch_rng"]
+    rng0 = load_file(latest_checkpoint(out) / "rng.safetensors")["torch_rng"]
+    rng1 = load_file(latest_checkpoint(out) / "rng-rank1.safetensors")["torch_rng"]
     assert not torch.equal(rng0, rng1)
 
 
@@ -223,7 +224,7 @@ def test_a_killed_and_resumed_two_process_run_ends_with_the_same_loras(tiny_pipe
     config = ["--config_file", str(ROOT / "configs" / "accelerate" / "ddp-cpu-2.yaml")]
     whole, _, _ = _launch(tmp_path, tiny_pipeline_dir, "whole", config)
     killed, _, _ = _launch(tmp_path, tiny_pipeline_dir, "killed", config, stop_after=3)  # inside stage 2
-    assert json.loads((killed / "checkpoint" / "state.json").read_text())["stage"] == 1
+    assert json.loads((latest_checkpoint(killed) / "state.json").read_text())["stage"] == 1
     assert not (killed / "loras" / "tscd-k1.safetensors").exists()
     _launch(tmp_path, tiny_pipeline_dir, "killed", config, resume=True)
     for name in ("k2", "k1", "unified"):

@@ -13,6 +13,7 @@ from hypersd.core.segments import trailing_timesteps
 from hypersd.errors import UserError
 from hypersd.lora.files import inference_settings, read_metadata
 from hypersd.rewards.base import RewardModel
+from hypersd.train.checkpoint import latest_checkpoint
 from hypersd.train.objectives.feedback import aesthetic_loss, refl_stop_index
 from hypersd.train.recipe import load_recipe
 from hypersd.train.run import Run
@@ -145,7 +146,7 @@ def test_full_recipe_writes_a_unified_tcd_lora_and_resumes_exactly(tiny_pipeline
     assert settings["scheduler"] == "tcd" and settings["eta"] == 0.3
     assert (tmp_path / "whole" / "samples" / "unified" / "grid.png").is_file()
     Run(recipe, tiny_pipeline_dir, tmp_path / "killed").train(stop_after=6)  # inside the DMD stage
-    assert json.loads((tmp_path / "killed" / "checkpoint" / "state.json").read_text()) == {"stage": 2, "step": 1}
+    assert json.loads((latest_checkpoint(tmp_path / "killed") / "state.json").read_text()) == {"stage": 2, "step": 1}
     Run(recipe, tiny_pipeline_dir, tmp_path / "killed").train(resume=True)
     a, b = load_file(unified), load_file(tmp_path / "killed" / "loras" / "dmd-unified.safetensors")
     assert a.keys() == b.keys()

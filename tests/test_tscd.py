@@ -1,5 +1,7 @@
 """The TSCD training step (Algorithm 1) and the distillation run: loss sanity, one UNet, resume."""
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -7,6 +9,7 @@ from safetensors.torch import load_file
 from hypersd.lora.adapters import STUDENT, TARGET, add_lora
 from hypersd.lora.files import inference_settings
 from hypersd.models.sd import load_model
+from hypersd.train.checkpoint import latest_checkpoint
 from hypersd.train.objectives.tscd import TSCD
 from hypersd.train.recipe import Stage, load_recipe
 from hypersd.train.run import Run
@@ -98,7 +101,7 @@ def test_a_killed_and_resumed_run_ends_with_the_same_lora(tiny_pipeline_dir, tmp
     Run(recipe, tiny_pipeline_dir, tmp_path / "whole").train()
     Run(recipe, tiny_pipeline_dir, tmp_path / "killed").train(stop_after=stop_after)
     assert not (tmp_path / "killed" / "loras" / "tscd-k1.safetensors").exists()
-    position = __import__("json").loads((tmp_path / "killed" / "checkpoint" / "state.json").read_text())
+    position = json.loads((latest_checkpoint(tmp_path / "killed") / "state.json").read_text())
     assert position == {"stage": stop_after // 4, "step": 2}
     Run(recipe, tiny_pipeline_dir, tmp_path / "killed").train(resume=True)
     for k in (2, 1):
@@ -202,7 +205,7 @@ def test_eight_bit_adam_trains_and_resumes_exactly(tiny_pipeline_dir, tmp_path):
     whole = Run(recipe, tiny_pipeline_dir, tmp_path / "whole")
     whole.train()
     Run(recipe, tiny_pipeline_dir, tmp_path / "killed").train(stop_after=5)
-    saved = torch.load(tmp_path / "killed" / "checkpoint" / "optimizer-student.pt", weights_only=True)
+    saved = torch.load(latest_checkpoint(tmp_path / "killed") / "optimizer-student.pt", weights_only=True)
     states = [s.get("__bnb_optimizer_quant_state__", s) for s in saved["state"].values()]  # bnb's own packing
     assert any(s.get("state1") is not None and s["state1"].dtype == torch.uint8 for s in states)  # 8-bit states
     Run(recipe, tiny_pipeline_dir, tmp_path / "killed").train(resume=True)

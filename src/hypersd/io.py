@@ -1,8 +1,12 @@
-"""Writing outputs atomically: a file or folder appears whole under its final name, or not at all.
+"""Writing outputs safely: a file or folder appears whole under its final name, or not at all, and
+nothing the project did not make is ever replaced.
 
 Everything is written under a temporary name beside the final one (same filesystem, so the last
-step is a rename) and published only when complete; on any error, KeyboardInterrupt included, the
-temporary is removed and whatever stood under the final name is left as it was.
+step is a rename), flushed to disk (fsync) and published only when complete; on any error,
+KeyboardInterrupt and a full disk included, the temporary is removed and whatever stood under the
+final name is left as it was. A folder the project writes carries OUTPUT_MARK; an existing folder
+without it (and holding anything) is replaced only when the user asks (`--overwrite`), and the
+working folder, a folder above it, a home folder or the root never.
 """
 
 from __future__ import annotations
@@ -10,40 +14,96 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from hypersd.errors import UserError
 
-def temporary_name(final: Path) -> Path:
+OUTPUT_MARK = ".hypersd-output"  # the file that says "hypersd wrote this folder"
+
+
+def check_output_dir(final: Path, overwrite: bool = False) -> Path:
+    """`final` as a folder the caller may replace, or one clear UserError saying why not."""
     final = Path(final)
-    return final.with_name(final.name + ".tmp")
+    resolved, cwd = final.resolve(), Path.cwd().resolve()
+    if resolved == Path(resolved.anchor) or resolved == Path.home().resolve() or cwd.is_relative_to(resolved):
+        raise UserError(f"refusing to replace {final}: it is the working folder, a folder above it, a home or the "
+                        "root folder; give a new folder")
+    if final.exists() and not final.is_dir():
+        raise UserError(f"{final} is a file, not a folder; give a folder")
+    if final.is_dir() and not overwrite and not (final / OUTPUT_MARK).is_file() and any(final.iterdir()):
+        raise UserError(f"{final} holds files hypersd did not write; pass --overwrite to replace it, or give a new "
+                        "folder")
+    return final
+
+
+def mark_output_dir(folder: Path) -> Path:
+    """Record that hypersd wrote `folder` (so that a later run may replace it)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / OUTPUT_MARK).write_text("written by hypersd; it may replace this folder\n")
+    return folder
+
+
+def fsync_tree(root: Path) -> None:
+    """Flush every file below `root`, then the folders, to disk (before a rename publishes them)."""
+    root = Path(root)
+    paths = [root] if root.is_file() else sorted(root.rglob("*"), key=lambda p: -len(p.parts)) + [root]
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (a rename inside it) to disk."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temporary_name(final: Path, kind: str = "tmp") -> Path:
+    """A new hidden name beside `final` (`.NAME.tmp-XXXX`): never one that already exists."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{final.name}.{kind}-", dir=final.parent)
+    os.close(fd)
+    os.unlink(name)
+    return Path(name)
 
 
 def replace_dir(tmp: Path, final: Path) -> Path:
-    """Publish folder `tmp` as `final`: the previous `final` is moved aside, then removed."""
+    """Publish folder `tmp` as `final` (flushed first): the previous `final` is moved aside, then removed."""
     tmp, final = Path(tmp), Path(final)
-    old = final.with_name(final.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
+    fsync_tree(tmp)
+    old = temporary_name(final, "old")
     if final.exists():
         final.rename(old)
     tmp.rename(final)
+    fsync_dir(final.parent)
     shutil.rmtree(old, ignore_errors=True)
     return final
 
 
 @contextlib.contextmanager
-def atomic_dir(final: Path) -> Iterator[Path]:
-    """`with atomic_dir(out) as tmp:` write into the empty folder `tmp`; on success it becomes `out`."""
-    final = Path(final)
+def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
+    """`with atomic_dir(out) as tmp:` write into the empty folder `tmp`; on success it becomes `out`
+    (which check_output_dir must allow) and carries OUTPUT_MARK."""
+    final = check_output_dir(final, overwrite)
     tmp = temporary_name(final)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp.mkdir()
     try:
         yield tmp
+        mark_output_dir(tmp)
+        replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    replace_dir(tmp, final)
 
 
 @contextlib.contextmanager
@@ -54,7 +114,81 @@ def atomic_file(final: Path) -> Iterator[Path]:
     tmp = temporary_name(final)
     try:
         yield tmp
+        fsync_tree(tmp)
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    os.replace(tmp, final)
+
+
+def require_finite(tensors: dict, what: str) -> None:
+    """Refuse to write weights that hold NaN or inf (one clear line naming the first such tensor)."""
+    bad = [key for key, t in tensors.items() if t.is_floating_point() and not bool(t.isfinite().all())]
+    if bad:
+        raise UserError(f"refusing to write {what}: {len(bad)} of {len(tensors)} tensors hold NaN or inf "
+                        f"(e.g. {bad[0]})")
+
+
+def save_tensors(tensors: dict, path: Path, metadata: dict | None = None, what: str = "weights") -> Path:
+    """A safetensors file written atomically, after checking every tensor is finite."""
+    from safetensors.torch import save_file
+
+    require_finite(tensors, f"{what} {path}")
+    with atomic_file(path) as tmp, writing(path):
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Writers of other libraries (safetensors, torch, diffusers) report a full disk in their own
+    error types: one clear UserError instead (the atomic helpers remove the partial output)."""
+    try:
+        yield
+    except (UserError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure to write is one line for the user
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"cannot write {path}: {reason}") from None
+
+
+LOCK_FILE = ".hypersd-lock"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path) -> Iterator[Path]:
+    """Hold `folder` for this process: a second writer started on it while this one lives is refused
+    with one line; a lock left by a process that no longer exists (killed) is taken over."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK_FILE
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            try:
+                holder = int(lock.read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                holder = -1
+            if holder > 0 and holder != os.getpid() and _alive(holder):
+                raise UserError(f"{folder} is in use by process {holder} (lock file {lock}); wait for it to end, "
+                                "or choose another folder") from None
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    try:
+        yield lock
+    finally:
+        lock.unlink(missing_ok=True)

@@ -56,13 +56,29 @@ def _global_options(allow_pickle: bool = typer.Option(
 
 def main() -> None:
     try:
-        app()
+        code = app(standalone_mode=False)  # typer's own errors come back here, to be said in one line
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except typer.TyperException as exc:  # an unknown option, a value of the wrong type, a missing one
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            typer.echo(ctx.get_help())
+            sys.exit(2)
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        typer.echo(f"error: {' '.join(message.split())}{where}", err=True)
+        sys.exit(2)
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        sys.exit(130)
+    except OSError as exc:  # a full disk, a folder that cannot be written, ...: one line, not a traceback
+        where = f": {exc.filename}" if exc.filename else ""
+        typer.echo(f"error: {exc.strerror or str(exc).splitlines()[0]}{where}", err=True)
+        sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)  # as click's standalone mode does
 
 
 if __name__ == "__main__":

@@ -5,8 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+import typer
+
 from hypersd import assets
-from hypersd.errors import UserError, require
+from hypersd.errors import UserError, require, require_writable_dir
+from hypersd.io import check_output_dir
+
+OVERWRITE = typer.Option(False, "--overwrite", help="Replace --out even if it holds files hypersd did not write "
+                                                   "(never the working folder, a folder above it, home or root).")
+
+
+def output_folder(out: Path, overwrite: bool = False) -> Path:
+    """Check --out before any work: its parent writable, and the folder one hypersd may replace."""
+    require_writable_dir(out.parent)
+    return check_output_dir(out, overwrite)
 
 
 def evaluator_dir(path: Optional[Path]) -> Path:
@@ -28,9 +40,11 @@ def parse_timesteps(text: Optional[str]) -> Optional[list[int]]:
     if not text:
         return None
     try:
-        return [int(t) for t in text.split(",") if t.strip()]
+        timesteps = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
         raise UserError(f"--timesteps must be comma-separated integers, got {text!r}") from None
+    require(bool(timesteps), f"--timesteps names no timestep: {text!r}")
+    return timesteps
 
 
 def load_prompts(prompt: Optional[list[str]], prompts: Optional[Path]) -> list[str]:
@@ -62,13 +76,15 @@ def sample_settings(chosen: dict, seed: int, loras: list, batch_size: Optional[i
 
 
 def sample_and_write(pipe, prompts: list[str], settings, out: Path, extra_call: Optional[dict] = None,
-                      extra_record: Optional[dict] = None, extra_files: Optional[dict] = None) -> None:
+                     extra_record: Optional[dict] = None, extra_files: Optional[dict] = None,
+                     overwrite: bool = False) -> None:
     """Image i with seed settings.seed + i, written with samples.jsonl and a grid (sample, generate)."""
     from hypersd.inference.sample import generate, write_samples
 
     seeds = [settings.seed + i for i in range(len(prompts))]
     images = generate(pipe, prompts, settings, seeds, extra_call=extra_call)
-    write_samples(out, images, prompts, seeds, settings, extra_record=extra_record, extra_files=extra_files)
+    write_samples(out, images, prompts, seeds, settings, extra_record=extra_record, extra_files=extra_files,
+                  overwrite=overwrite)
 
 
 def check_shapes_prompts(texts: list[str]) -> None:

@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from hypersd.cli.common import OVERWRITE, output_folder
 from hypersd.errors import require, require_model, require_writable_dir
 from hypersd.io import atomic_dir
 from hypersd.progress import progress
@@ -19,7 +20,8 @@ app = typer.Typer(no_args_is_help=True, help="Datasets and prompt sets.")
 def data_shapes(n: int = typer.Option(1000, "--n", help="Number of images."),
                 out: Path = typer.Option(..., "--out", help="Output folder (PNGs + samples.jsonl)."),
                 seed: int = typer.Option(0, help="Random seed."),
-                size: int = typer.Option(32, help="Image size in pixels.")):
+                size: int = typer.Option(32, help="Image size in pixels."),
+                overwrite: bool = OVERWRITE):
     """Render a Shapes-world image-folder dataset."""
     import numpy as np
 
@@ -28,7 +30,7 @@ def data_shapes(n: int = typer.Option(1000, "--n", help="Number of images."),
 
     require(n > 0, f"--n must be positive, got {n}")
     require(size >= 32, f"--size must be at least 32, got {size}")
-    require_writable_dir(out.parent)
+    output_folder(out, overwrite)
     rng = random.Random(seed)
     scenes = [sample_scene(rng) for _ in range(n)]
     images = [np.asarray(render(s, size)) for s in progress(scenes, desc="render")]
@@ -36,7 +38,7 @@ def data_shapes(n: int = typer.Option(1000, "--n", help="Number of images."),
                 "objects": [{"shape": o.shape, "color": o.color, "size": o.size,
                              "cx": o.center[0], "cy": o.center[1]} for o in s.objects]}
                for s in scenes]
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, overwrite) as tmp:
         write_image_folder(tmp, images, records)
     typer.echo(f"wrote {n} images to {out}")
 
@@ -50,6 +52,7 @@ def data_prompts(out: Path = typer.Option(..., "--out", help="Prompt file to wri
     from hypersd.shapes.prompts import standard_prompts
 
     require(n > 0, f"--n must be positive, got {n}")
+    require(not out.is_dir(), f"--out {out} is a folder; give a file name, e.g. {out / 'prompts.txt'}")
     require_writable_dir(out.parent)
     write_prompt_file(out, standard_prompts(n, seed))
     typer.echo(f"wrote {n} prompts to {out}")
@@ -60,6 +63,7 @@ def cache_cmd(model: Path = typer.Option(..., help="Model whose VAE and text enc
               data: str = typer.Option(..., "--data", help="Image folder or tar shards (a .tar, shards-{000..009}.tar, "
                                                            "a glob or a folder of .tar files)."),
               out: Path = typer.Option(..., "--out", help="Cache folder to write (safetensors shards + cache-index.json)."),
+              overwrite: bool = OVERWRITE,
               resolution: Optional[int] = typer.Option(None, help="Image side in pixels (default: the model's own)."),
               crop: str = typer.Option("center", help="center or random (seeded per image)."),
               batch_size: int = typer.Option(16, help="Images encoded at once."),
@@ -79,7 +83,8 @@ def cache_cmd(model: Path = typer.Option(..., help="Model whose VAE and text enc
     kind = source_kind(data)
     require(kind in ("folder", "shards"), f"--data must be an image folder or tar shards, got {kind} data: {data}")
     require_model(model)
-    require_writable_dir(out.parent)
-    index = write_cache(model, data, out, resolution, crop, batch_size, seed=seed, device=str(resolve_device(device)))
+    output_folder(out, overwrite)
+    index = write_cache(model, data, out, resolution, crop, batch_size, seed=seed, device=str(resolve_device(device)),
+                        overwrite=overwrite)
     typer.echo(f"wrote {index['count']} items to {out} ({len(index['shards'])} shards, resolution "
                f"{index['resolution']}; skipped: {describe_skipped(index['skipped'])})")

@@ -8,7 +8,9 @@ from typing import Optional
 import typer
 
 from hypersd import assets
+from hypersd.cli.common import OVERWRITE, output_folder
 from hypersd.errors import UserError, require, require_model, require_writable_dir
+from hypersd.io import mark_output_dir
 
 
 def distill(recipe: Optional[Path] = typer.Option(None, help="YAML recipe (default: the built-in 4-stage TSCD)."),
@@ -27,11 +29,20 @@ def distill(recipe: Optional[Path] = typer.Option(None, help="YAML recipe (defau
     """Distill a model: TSCD stages (Hyper-SD, Algorithm 1), feedback learning and score
     distillation, as the recipe lists them; one LoRA per stage. Data-parallel over several processes:
     accelerate launch --config_file configs/accelerate/ddp.yaml -m hypersd.cli distill ..."""
+    from hypersd.train.checkpoint import has_checkpoint
     from hypersd.train.recipe import load_recipe
     from hypersd.train.run import Run
 
     overrides = list(set_ or []) + ([f"data.source={data}"] if data else [])
-    resolved = load_recipe(recipe, overrides)
+    stored = out / "recipe.yaml"
+    if resume and stored.is_file():  # a resumed run keeps its own recipe; another one is refused
+        resolved = load_recipe(stored)
+        asked = load_recipe(recipe, overrides) if recipe is not None or overrides else resolved
+        difference = first_difference(resolved, asked)
+        require(difference is None, f"--resume continues {out} with its own recipe ({stored}); the recipe given "
+                                    f"differs at {difference}: drop --recipe/--set or choose another --out")
+    else:
+        resolved = load_recipe(recipe, overrides)
     if dry_run:
         typer.echo(resolved.to_yaml().rstrip())
         return
@@ -40,7 +51,7 @@ def distill(recipe: Optional[Path] = typer.Option(None, help="YAML recipe (defau
     require(not out.exists() or out.is_dir(), f"--out {out} is a file, not a run folder")
     require_writable_dir(out if out.is_dir() else out.parent)  # the run creates `out` once model, LoRA and
     # rewards are checked, so a refused run leaves no empty folder
-    if not resume and (out / "checkpoint").exists():
+    if not resume and has_checkpoint(out):
         raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     run = Run(resolved, model, out, device=device, init_lora=init_lora)
     metrics = run.train(resume=resume)
@@ -56,7 +67,8 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="Report folder."),
          n_real: int = typer.Option(2000, help="Real images for the Frechet distance."),
          recipe: Path = typer.Option(None, help="Distillation recipe (default: configs/demo-hyper.yaml)."),
          distill: bool = typer.Option(True, help="Distill the teacher with the recipe and add its rows."),
-         set_: Optional[list[str]] = typer.Option(None, "--set", help="Recipe override KEY=VALUE (repeatable).")):
+         set_: Optional[list[str]] = typer.Option(None, "--set", help="Recipe override KEY=VALUE (repeatable)."),
+         overwrite: bool = OVERWRITE):
     """The main job on the embedded default: distill the shipped teacher with the full Hyper-SD recipe
     (TSCD, feedback, score distillation), sample teacher and LoRAs at 1 to 50 steps, write a report."""
     from hypersd.assets import DEMO_RECIPE
@@ -68,7 +80,28 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="Report folder."),
     if distill:
         require(recipe.is_file(), f"recipe not found: {recipe}")
         load_recipe(recipe, set_)  # bad recipes fail here, before any work
-    require_writable_dir(out)
+    output_folder(out, overwrite)
+    mark_output_dir(out)
     report = run_demo(out, n_prompts=n_prompts, n_real=n_real, recipe=recipe if distill else None,
                       recipe_overrides=set_, log=typer.echo)
     typer.echo(f"report: {report}")
+
+
+def first_difference(a, b, where: str = "") -> str | None:
+    """The first key (dotted path) where two resolved recipes differ, with both values; None if equal."""
+    from dataclasses import asdict, is_dataclass
+
+    a, b = (asdict(x) if is_dataclass(x) else x for x in (a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in list(a) + [k for k in b if k not in a]:
+            found = first_difference(a.get(key), b.get(key), f"{where}.{key}" if where else str(key))
+            if found:
+                return found
+        return None
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            found = first_difference(x, y, f"{where}.{i}")
+            if found:
+                return found
+        return None
+    return None if a == b else f"{where} ({a!r} in the run, {b!r} given)"

@@ -8,8 +8,8 @@ from typing import Optional
 
 import typer
 
-from hypersd.cli.common import evaluator_dir
-from hypersd.errors import require, require_model_folder, require_writable_dir
+from hypersd.cli.common import OVERWRITE, evaluator_dir, output_folder
+from hypersd.errors import require, require_model_folder
 
 evaluator_app = typer.Typer(no_args_is_help=True, help="The ShapesEval evaluator network.")
 
@@ -24,7 +24,8 @@ def pretrain(out: Path = typer.Option(Path("assets/tiny-sd"), help="Pipeline fol
                  None, help="Stop after this many UNet steps of the --unet-steps schedule (budgeted runs)."),
              threads: int = typer.Option(2, help="CPU threads."),
              device: str = typer.Option("auto", help="auto (cuda if available), cpu or cuda."),
-             init: Optional[Path] = typer.Option(None, help="Continue from this pipeline folder (keeps its VAE).")):
+             init: Optional[Path] = typer.Option(None, help="Continue from this pipeline folder (keeps its VAE)."),
+             overwrite: bool = OVERWRITE):
     """Train the tiny Stable Diffusion of the Shapes world (VAE, CLIP text encoder, UNet)."""
     from hypersd.embedded.pretrain import PretrainConfig
     from hypersd.embedded.pretrain import pretrain as run
@@ -36,23 +37,24 @@ def pretrain(out: Path = typer.Option(Path("assets/tiny-sd"), help="Pipeline fol
     if init is not None:
         require_model_folder(init)
         require(init.resolve() != out.resolve(), "--init and --out must be different folders")
-    require_writable_dir(out.parent)
+    output_folder(out, overwrite)
     cfg = PretrainConfig(seed=seed, vae_steps=vae_steps, unet_steps=unet_steps, threads=threads,
                          unet_lr=unet_lr, unet_warmup=unet_warmup, unet_stop_at=unet_stop_at,
                          device=device, init=str(init) if init else None)
-    record = run(cfg, out)
+    record = run(cfg, out, overwrite=overwrite)
     typer.echo(f"wrote {out} (VAE PSNR {record['vae_psnr_db']:.2f} dB, {record['train_seconds'] / 60:.1f} min)")
 
 
 @evaluator_app.command("train")
 def evaluator_train(out: Path = typer.Option(Path("assets/shapes-evaluator"), help="Folder to write."),
                     steps: int = typer.Option(3000, help="Training steps."),
-                    seed: int = typer.Option(0, help="Random seed.")):
+                    seed: int = typer.Option(0, help="Random seed."),
+                    overwrite: bool = OVERWRITE):
     """Train the ShapesEval detector on rendered images with their ground-truth objects."""
     from hypersd.embedded.evaluator.train import DetectorTrainConfig, train_detector
 
     require(steps > 0, f"--steps must be positive, got {steps}")
-    require_writable_dir(out)
+    output_folder(out, overwrite)
     train_detector(DetectorTrainConfig(seed=seed, steps=steps), out, log=lambda r: None)
     typer.echo(f"wrote {out}")
 
@@ -67,6 +69,7 @@ def evaluator_check(n: int = typer.Option(1000, "--n", help="Number of real imag
     from hypersd.shapes.batches import ShapesStream
     from hypersd.shapes.world import render_array
 
+    require(n > 0, f"--n must be positive, got {n}")
     folder = evaluator_dir(evaluator)
     scenes = ShapesStream(seed).scenes(n)
     table = accuracy_table(judge_images(ShapesDetector.load(folder), render_array(scenes),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from hypersd.cli.common import lora_specs
+from hypersd.cli.common import OVERWRITE, lora_specs, output_folder
 from hypersd.errors import UserError, require, require_writable_dir
 
 app = typer.Typer(no_args_is_help=True, help="LoRA files: merge, export, fuse.")
@@ -18,9 +18,13 @@ def lora_merge(a: Path = typer.Argument(..., help="Base LoRA (e.g. TSCD); its in
                out: Path = typer.Option(..., "--out", help="Merged LoRA file to write (.safetensors)."),
                ratio: float = typer.Option(1.0, help="Weight of B: delta W = delta W_A + RATIO * delta W_B.")):
     """Merge two LoRAs exactly into one file (ranks add up)."""
+    import math
+
     from hypersd.lora.merge import merge_lora_files
 
     require(out.suffix == ".safetensors", f"--out must end in .safetensors, got {out}")
+    require(math.isfinite(ratio), f"--ratio must be a finite number, got {ratio}")
+    require(not out.is_dir(), f"--out {out} is a folder; give a file name")
     require_writable_dir(out.parent)
     merge_lora_files(a, b, out, ratio)
     typer.echo(f"wrote {out}")
@@ -54,7 +58,8 @@ def lora_export(source: Path = typer.Argument(..., help="A LoRA file, or a run f
 @app.command("fuse")
 def lora_fuse(model: Path = typer.Option(..., help="Diffusers pipeline folder."),
               lora: list[str] = typer.Option(..., help="LoRA file, FILE or FILE:SCALE; repeatable."),
-              out: Path = typer.Option(..., "--out", help="Pipeline folder to write.")):
+              out: Path = typer.Option(..., "--out", help="Pipeline folder to write."),
+              overwrite: bool = OVERWRITE):
     """Write a full pipeline with the LoRA(s) fused into the UNet; the first LoRA's sampling settings
     go with it (hypersd_inference.json, applied by `hypersd sample --model OUT`)."""
     from hypersd.inference.fuse import fuse_into_pipeline
@@ -62,5 +67,5 @@ def lora_fuse(model: Path = typer.Option(..., help="Diffusers pipeline folder.")
     specs = lora_specs(lora)
     for spec in specs:
         require(spec.path.is_file(), f"LoRA file not found: {spec.path}")
-    require_writable_dir(out.parent)
-    typer.echo(f"wrote {fuse_into_pipeline(model, specs, out)}")
+    output_folder(out, overwrite)
+    typer.echo(f"wrote {fuse_into_pipeline(model, specs, out, overwrite)}")

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from hypersd import assets
+from hypersd.cli.common import OVERWRITE, output_folder
 from hypersd.errors import pickle_allowed, require, require_writable_dir
 
 app = typer.Typer(no_args_is_help=True, help="Reward and perceptual models of feedback learning.")
@@ -17,12 +18,13 @@ app = typer.Typer(no_args_is_help=True, help="Reward and perceptual models of fe
 @app.command("train-segmenter")
 def rewards_train_segmenter(out: Path = typer.Option(Path("assets/shapes-segmenter"), help="Folder to write."),
                             steps: int = typer.Option(2000, help="Training steps."),
-                            seed: int = typer.Option(11, help="Random seed.")):
+                            seed: int = typer.Option(11, help="Random seed."),
+                            overwrite: bool = OVERWRITE):
     """Train the Shapes instance segmenter (the perceptual model of eq. 14) on rendered images."""
     from hypersd.embedded.train_segmenter import SegmenterTrainConfig, check_segmenter, train_segmenter
 
     require(steps > 0, f"--steps must be positive, got {steps}")
-    require_writable_dir(out)
+    output_folder(out, overwrite)
     model = train_segmenter(SegmenterTrainConfig(seed=seed, steps=steps), out, log=lambda r: None)
     typer.echo(json.dumps(check_segmenter(model, n=500)))
 
@@ -79,10 +81,11 @@ def rewards_convert_head(source: Path = typer.Argument(..., help="Released aesth
 @app.command("convert-image-reward")
 def rewards_convert_image_reward(source: Path = typer.Argument(..., help="Released ImageReward.pt (pickle)."),
                                  tokenizer: Path = typer.Option(..., help="BERT tokenizer folder (bert-base-uncased)."),
-                                 out: Path = typer.Option(..., "--out", help="Folder to write.")):
+                                 out: Path = typer.Option(..., "--out", help="Folder to write."),
+                                 overwrite: bool = OVERWRITE):
     """Convert the released ImageReward checkpoint into a folder `image-reward:FOLDER` loads."""
     from hypersd.rewards.image_reward import convert_release
 
-    require_writable_dir(out.parent)
-    convert_release(source, tokenizer, out, allow_pickle=pickle_allowed())
+    output_folder(out, overwrite)
+    convert_release(source, tokenizer, out, allow_pickle=pickle_allowed(), overwrite=overwrite)
     typer.echo(f"wrote {out}")

@@ -9,16 +9,19 @@ import typer
 
 from hypersd import assets
 from hypersd.cli.common import (
+    OVERWRITE,
     check_shapes_prompts,
     evaluator_dir,
     load_prompts,
     lora_specs,
+    output_folder,
     parse_steps,
     parse_timesteps,
     sample_and_write,
     sample_settings,
 )
-from hypersd.errors import require, require_model_folder, require_writable_dir
+from hypersd.errors import require, require_model_folder
+from hypersd.io import mark_output_dir
 
 
 def sample(model: Path = typer.Option(..., help="Diffusers pipeline folder."),
@@ -34,7 +37,8 @@ def sample(model: Path = typer.Option(..., help="Diffusers pipeline folder."),
            seed: int = typer.Option(0, help="Seed of the first image; image i uses seed + i."),
            timesteps: Optional[str] = typer.Option(None, help="Custom timesteps, e.g. 800 (LCM/TCD)."),
            batch_size: int = typer.Option(125, help="Images per pipeline call."),
-           out: Path = typer.Option(..., help="Output folder.")):
+           out: Path = typer.Option(..., help="Output folder."),
+           overwrite: bool = OVERWRITE):
     """Generate images: PNGs, samples.jsonl and a labelled grid.
 
     Settings not given on the command line come from the first LoRA's metadata, if it has them, or
@@ -49,10 +53,10 @@ def sample(model: Path = typer.Option(..., help="Diffusers pipeline folder."),
     specs = lora_specs(lora)
     settings = sample_settings(resolve_settings(given, specs, model), seed, specs, batch_size)
     texts = load_prompts(prompt, prompts)
-    require_writable_dir(out.parent)
+    output_folder(out, overwrite)
     pipe = load_pipeline(model)
     apply_loras(pipe, settings.loras)
-    sample_and_write(pipe, texts, settings, out)
+    sample_and_write(pipe, texts, settings, out, overwrite=overwrite)
     typer.echo(f"wrote {len(texts)} images to {out} (grid: {out / 'grid.png'})")
 
 
@@ -75,7 +79,8 @@ def generate(prompt: list[str] = typer.Argument(..., help="Prompt(s)."),
              control_scale: float = typer.Option(1.0, help="ControlNet conditioning scale (0: no effect)."),
              canny_low: int = typer.Option(100, help="Canny lower hysteresis threshold."),
              canny_high: int = typer.Option(200, help="Canny upper hysteresis threshold."),
-             out: Path = typer.Option(Path("runs/generate"), help="Output folder.")):
+             out: Path = typer.Option(Path("runs/generate"), help="Output folder."),
+             overwrite: bool = OVERWRITE):
     """Generate with a distilled model. Scheduler, steps, guidance and eta come from the LoRA's metadata,
     else from the conventions of the released Hyper-SD files (N-step LoRAs: DDIM trailing; 1-step
     unified LoRA: TCD; 1-step UNet: LCM at timestep 800); options override. With --controlnet, the
@@ -91,7 +96,7 @@ def generate(prompt: list[str] = typer.Argument(..., help="Prompt(s)."),
     settings = sample_settings(chosen, seed, specs)
     spec = _control_spec(controlnet, control_image, control, control_scale, canny_low, canny_high)
     raw_control = spec.validate() if spec else None  # bad control input fails before any model loads
-    require_writable_dir(out.parent)
+    output_folder(out, overwrite)
     pipe = load_pipeline(base)
     if unet is not None:
         load_unet_file(pipe, unet)
@@ -102,7 +107,7 @@ def generate(prompt: list[str] = typer.Argument(..., help="Prompt(s)."),
 
         pipe, control_png, extra_call = with_controlnet(pipe, spec, raw_control)
         extra_record, extra_files = spec.record(), {CONTROL_FILE: control_png}
-    sample_and_write(pipe, list(prompt), settings, out, extra_call, extra_record, extra_files)
+    sample_and_write(pipe, list(prompt), settings, out, extra_call, extra_record, extra_files, overwrite)
     typer.echo(f"wrote {len(prompt)} images to {out} ({settings.scheduler}, {settings.steps} steps)")
 
 
@@ -130,7 +135,8 @@ def eval_cmd(model: Path = typer.Option(None, help="Diffusers pipeline folder (d
              label: str = typer.Option("model", help="Row label in the tables."),
              evaluator: Optional[Path] = typer.Option(None, help="Evaluator folder."),
              seed: int = typer.Option(0, help="Seed of the first image."),
-             out: Path = typer.Option(..., help="Output folder.")):
+             out: Path = typer.Option(..., help="Output folder."),
+           overwrite: bool = OVERWRITE):
     """Sample at several step counts and score: ShapesEval, FD, PSNR vs the teacher."""
     from hypersd.embedded.evaluator.evaluate import Row, evaluate, with_steps
     from hypersd.inference.prompts import read_prompt_file
@@ -148,7 +154,8 @@ def eval_cmd(model: Path = typer.Option(None, help="Diffusers pipeline folder (d
     detector = evaluator_dir(evaluator)
     model = model or assets.TEACHER
     require_model_folder(model)
-    require_writable_dir(out)
+    output_folder(out, overwrite)
+    mark_output_dir(out)
     rows = [Row(f"{label} @{s}", with_steps(settings, s)) for s in step_list]
     evaluate(model, rows, texts, detector, out, n_real=n_real, seed=seed, log=typer.echo)
     typer.echo(f"wrote {out / 'metrics.md'}")

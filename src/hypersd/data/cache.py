@@ -31,7 +31,7 @@ from hypersd.data.latents import posterior
 from hypersd.data.sources import CACHE_INDEX, iter_records, source_kind
 from hypersd.data.transforms import CROPS, ImageTransform, collate, describe_skipped, fit_records
 from hypersd.errors import UserError
-from hypersd.io import atomic_dir
+from hypersd.io import atomic_dir, check_output_dir, require_finite
 from hypersd.models.sd import load_model
 from hypersd.progress import progress
 
@@ -81,6 +81,7 @@ class _ShardWriter:
             return
         name = f"cache-{len(self.shards):05d}.safetensors"
         tensors = {k: torch.cat(v) for k, v in self.parts.items()}
+        require_finite(tensors, f"latent cache shard {name}")
         save_file(tensors, self.folder / name, metadata={"captions": json.dumps(self.captions)})
         self.shards.append({"file": name, "count": len(self.captions)})
         self.parts, self.captions, self.bytes = {}, [], 0
@@ -97,14 +98,14 @@ def _encode_batch(sd, items: list) -> tuple[dict[str, torch.Tensor], list[str]]:
     return tensors, captions
 
 
-def _check_out(out: Path) -> None:
-    if out.exists() and not (out / CACHE_INDEX).is_file() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out} exists and is not a latent cache; choose another --out")
+def _replaceable(out: Path, overwrite: bool) -> bool:
+    """A folder holding a latent cache (written before caches were marked, too) may be replaced."""
+    return overwrite or (Path(out) / CACHE_INDEX).is_file()
 
 
 def write_cache(model: Path, source: str, out: Path, resolution: int | None = None, crop: str = "center",
                 batch_size: int = 16, max_shard_bytes: int = SHARD_BYTES, seed: int = 0,
-                device: str = "cpu") -> dict:
+                device: str = "cpu", overwrite: bool = False) -> dict:
     """Encode every usable item of `source` (image folder or tar shards) with `model` at `resolution`
     (None: the model's own image size); with crop "random", crops are seeded per item. Returns the index."""
     if crop not in CROPS:
@@ -113,11 +114,11 @@ def write_cache(model: Path, source: str, out: Path, resolution: int | None = No
     if kind not in ("folder", "shards"):
         raise UserError(f"hypersd cache reads an image folder or tar shards, not {kind} data: {source}")
     out = Path(out)
-    _check_out(out)
+    check_output_dir(out, _replaceable(out, overwrite))
     sd = load_model(model, device=device)
     sd.freeze_base()
     resolution = resolution or sd.image_size
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, _replaceable(out, overwrite)) as tmp:
         index = _write(sd, source, tmp, ImageTransform(resolution, crop), batch_size, max_shard_bytes, seed)
         index.update(model=str(Path(model).resolve()), fingerprint=model_fingerprint(model), crop=crop)
         (tmp / CACHE_INDEX).write_text(json.dumps(index, indent=2))

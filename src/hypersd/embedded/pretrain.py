@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from diffusers.optimization import get_cosine_schedule_with_warmup
 
 from hypersd.core.metrics import psnr_tensor as psnr
+from hypersd.io import check_output_dir
 from hypersd.models.pipelines import resolve_device, save_pipeline
 from hypersd.models.tiny_sd import (
     TinySDConfig,
@@ -122,7 +123,7 @@ def constant_ema(model: torch.nn.Module, decay: float, warmup: int):
     return EMAModel(model.parameters(), decay=decay, min_decay=decay, update_after_step=warmup)
 
 
-def save_tiny_sd(folder: Path, vae, text_encoder, tokenizer, unet) -> None:
+def save_tiny_sd(folder: Path, vae, text_encoder, tokenizer, unet, overwrite: bool = False) -> None:
     """Write the parts as a standard StableDiffusionPipeline folder, atomically."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
@@ -132,7 +133,7 @@ def save_tiny_sd(folder: Path, vae, text_encoder, tokenizer, unet) -> None:
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
-    save_pipeline(pipe, folder)
+    save_pipeline(pipe, folder, overwrite=overwrite)
 
 
 def train_unet(cfg: PretrainConfig, vae, tokenizer, out: Path, log, networks=None) -> None:
@@ -182,7 +183,7 @@ def train_unet(cfg: PretrainConfig, vae, tokenizer, out: Path, log, networks=Non
         if last or (step + 1) % cfg.checkpoint_every == 0:
             ema_text.copy_to(shipped_text.parameters())
             ema_unet.copy_to(shipped_unet.parameters())
-            save_tiny_sd(out, vae, shipped_text, tokenizer, shipped_unet)
+            save_tiny_sd(out, vae, shipped_text, tokenizer, shipped_unet, overwrite=True)  # checked at the start
             log({"phase": "checkpoint", "step": step + 1})
 
 
@@ -208,14 +209,15 @@ def _environment() -> dict:
             "threads": torch.get_num_threads()}
 
 
-def pretrain(cfg: PretrainConfig, out: Path, work: Path | None = None) -> dict:
-    """Train all three networks and write the pipeline folder `out`; returns the record.
+def pretrain(cfg: PretrainConfig, out: Path, work: Path | None = None, overwrite: bool = False) -> dict:
+    """Train all three networks and write the pipeline folder `out`; returns the record. An existing
+    `out` is replaced only if hypersd wrote it, or with `overwrite` (checked before any training).
 
     The VAE is kept in `work` (default: `<out>.work`) and reused when the command is run again,
     so an interrupted run restarts at the UNet stage.
     """
     torch.set_num_threads(cfg.threads)
-    out = Path(out)
+    out = check_output_dir(Path(out), overwrite)
     work = Path(work or out.with_name(out.name + ".work"))
     work.mkdir(parents=True, exist_ok=True)
     log_file = (work / "log.jsonl").open("a")

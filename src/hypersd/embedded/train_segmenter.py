@@ -46,7 +46,7 @@ def train_segmenter(cfg: SegmenterTrainConfig, out: Path, log=print) -> ShapesSe
             bar.set_postfix(loss=f"{loss.item():.4f}")
             log({"step": step, "loss": loss.item(), "time_s": round(time.time() - start, 1)})
     model.eval()
-    model.save(Path(out))
+    model.save(Path(out), overwrite=True)  # the command checked --out before training
     return model
 
 

@@ -12,10 +12,10 @@ from hypersd.lora.files import LoraSpec
 from hypersd.models.pipelines import load_pipeline, save_pipeline
 
 
-def fuse_into_pipeline(model: Path, loras: list[LoraSpec], out: Path) -> Path:
+def fuse_into_pipeline(model: Path, loras: list[LoraSpec], out: Path, overwrite: bool = False) -> Path:
     """Load `model`, fuse `loras` at their scales, save the plain pipeline to `out` (atomically)."""
     pipe = load_pipeline(model)
     apply_loras(pipe, loras)
     pipe.fuse_lora(components=["unet"], lora_scale=1.0)  # adapter weights (the LoRA scales) are already set
     pipe.unload_lora_weights()
-    return save_pipeline(pipe, out, recommended_settings(loras))
+    return save_pipeline(pipe, out, recommended_settings(loras), overwrite)

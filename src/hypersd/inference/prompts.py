@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from hypersd.errors import UserError
+from hypersd.io import atomic_file
 
 
 def read_prompt_file(path: Path) -> list[str]:
@@ -38,6 +39,6 @@ def read_prompt_file(path: Path) -> list[str]:
 
 
 def write_prompt_file(path: Path, prompts: list[str]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(prompts) + "\n")
+    """One prompt per line, written atomically."""
+    with atomic_file(path) as tmp:
+        tmp.write_text("\n".join(prompts) + "\n")

@@ -6,7 +6,10 @@ own seed so results do not depend on batching. Outputs: PNGs, samples.jsonl, a l
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -49,12 +52,39 @@ def apply_loras(pipe, loras: list[LoraSpec]) -> None:
     for i, spec in enumerate(loras):
         name = f"lora{i}"
         try:
-            pipe.load_lora_weights(str(spec.path), adapter_name=name)
+            with quiet_loading():
+                pipe.load_lora_weights(str(spec.path), adapter_name=name)
         except Exception as exc:  # diffusers raises many types for a bad file
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise UserError(f"cannot load LoRA {spec.path}: {first}") from None
+            raise UserError(f"cannot load LoRA {spec.path}: {load_problem(exc)}") from None
         names.append(name)
     pipe.set_adapters(names, adapter_weights=[spec.scale for spec in loras])
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """No log lines or warnings from the loaders: a failure becomes one line of ours."""
+    names = ("diffusers", "peft", "transformers")
+    levels = {name: logging.getLogger(name).level for name in names}
+    try:
+        for name in names:
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def load_problem(exc: Exception) -> str:
+    """The first specific line of a state-dict error (which key or shape differs), and how many
+    such lines there are; else the error's first line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    specific = [line for line in lines if line.startswith(("size mismatch", "Missing key", "Unexpected key"))]
+    if specific:
+        more = f" (and {len(specific) - 1} more)" if len(specific) > 1 else ""
+        return f"it does not fit this model's UNet: {specific[0].rstrip('.')}{more}"
+    return lines[0] if lines else type(exc).__name__
 
 
 def _supports_custom_timesteps(scheduler) -> bool:
@@ -68,6 +98,9 @@ def generate(pipe, prompts: list[str], settings: SampleSettings, seeds: list[int
     sampler is built from the pipeline's own scheduler config and put back afterwards."""
     settings.validate()
     own = pipe.scheduler
+    limit = own.config.num_train_timesteps
+    require(settings.timesteps or settings.steps <= limit,
+            f"steps must be at most the model's {limit} training timesteps, got {settings.steps}")
     pipe.scheduler = make_scheduler(settings.scheduler, own.config)
     try:
         return _sample(pipe, prompts, settings, seeds, progress_desc, extra_call)
@@ -100,13 +133,14 @@ def _sample(pipe, prompts, settings: SampleSettings, seeds, progress_desc, extra
 
 def write_samples(out: Path, images: np.ndarray, prompts: list[str], seeds: list[int],
                   settings: SampleSettings, grid_columns: int = 8, grid_limit: int = 64,
-                  extra_record: dict | None = None, extra_files: dict | None = None) -> Path:
+                  extra_record: dict | None = None, extra_files: dict | None = None, overwrite: bool = False) -> Path:
     """PNGs + samples.jsonl + grid.png, written atomically (hypersd.io).
     `extra_record` is added to every samples.jsonl line; `extra_files` maps file names to PIL images
-    saved beside the samples (e.g. the control image that conditioned them)."""
+    saved beside the samples (e.g. the control image that conditioned them). An existing `out` is
+    replaced only if hypersd wrote it, or with `overwrite` (hypersd.io.check_output_dir)."""
     common = {**settings.record(), **(extra_record or {})}
     records = [{"prompt": p, "seed": s, **common} for p, s in zip(prompts, seeds)]
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, overwrite) as tmp:
         write_image_folder(tmp, images, records)
         labelled_grid(images[:grid_limit], prompts[:grid_limit], columns=grid_columns).save(tmp / "grid.png")
         for name, image in (extra_files or {}).items():

@@ -4,6 +4,7 @@ the release's naming conventions, a model folder's INFERENCE_FILE), over the def
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,11 +32,13 @@ class SampleSettings:
         require(self.scheduler in SCHEDULERS,
                 f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
         require(self.eta is None or 0.0 <= self.eta <= 1.0, f"eta must be in [0, 1], got {self.eta}")
-        require(self.guidance >= 0, f"guidance must be >= 0, got {self.guidance}")
+        require(math.isfinite(self.guidance) and self.guidance >= 0, f"guidance must be >= 0, got {self.guidance}")
         require(self.batch_size > 0, f"batch size must be positive, got {self.batch_size}")
         if self.timesteps is not None:
             require(all(0 <= t < 1000 for t in self.timesteps),
                     f"timesteps must lie in [0, 999], got {self.timesteps}")
+            require(list(self.timesteps) == sorted(set(self.timesteps), reverse=True),
+                    f"timesteps must be distinct and decreasing (e.g. 999,499), got {self.timesteps}")
         for lora in self.loras:
             require(lora.path.is_file(), f"LoRA file not found: {lora.path}")
 

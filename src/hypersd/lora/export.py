@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from hypersd.errors import UserError
-from hypersd.io import atomic_file
+from hypersd.io import save_tensors
 from hypersd.lora.merge import CONFIG_KEY, module_scales, read_lora
 
 
@@ -33,13 +33,10 @@ def kohya_tensors(tensors: dict[str, torch.Tensor], metadata: dict) -> dict[str,
 
 def export_kohya(source: Path, out: Path) -> Path:
     """Write `source` (a diffusers-format LoRA file) as a kohya-format file, atomically."""
-    from safetensors.torch import save_file
-
     tensors, metadata = read_lora(source)
     kohya = kohya_tensors(tensors, metadata)
     ranks = {t.shape[0] for k, t in kohya.items() if k.endswith(".lora_down.weight")}
     meta = {k: v for k, v in metadata.items() if k != CONFIG_KEY and k != "format"}
     meta.update({"ss_network_module": "networks.lora", "ss_network_dim": str(max(ranks))})
-    with atomic_file(out) as tmp:
-        save_file({k: v.contiguous() for k, v in kohya.items()}, str(tmp), metadata=meta)
+    save_tensors(kohya, out, meta, what="LoRA")
     return out

@@ -9,25 +9,28 @@ A saved file is exactly what `StableDiffusionPipeline.save_lora_weights` writes 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from hypersd.errors import UserError
-from hypersd.io import atomic_file
+from hypersd.io import atomic_file, save_tensors
 
 INFERENCE_KEY = "hypersd_inference"
 
 
 @dataclass
 class LoraSpec:
+    """A LoRA file applied at a scale."""
+
     path: Path
     scale: float = 1.0
 
     @classmethod
     def parse(cls, text: str) -> "LoraSpec":
-        """`FILE` or `FILE:SCALE`."""
+        """`FILE` or `FILE:SCALE` (a finite number)."""
         path, scale = text, 1.0
         head, sep, tail = text.rpartition(":")
         if sep and head:
@@ -35,6 +38,8 @@ class LoraSpec:
                 path, scale = head, float(tail)
             except ValueError:
                 path = text
+        if not math.isfinite(scale):
+            raise UserError(f"LoRA scale must be a finite number, got {tail!r} in {text!r}")
         return cls(Path(path), scale)
 
 
@@ -43,7 +48,6 @@ def save_lora(path: Path, unet, name: str, inference: dict | None = None, extra:
     from diffusers import StableDiffusionPipeline
     from peft.utils import get_peft_model_state_dict
     from safetensors import safe_open
-    from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -60,8 +64,7 @@ def save_lora(path: Path, unet, name: str, inference: dict | None = None, extra:
             metadata[INFERENCE_KEY] = json.dumps(inference)
         for key, value in (extra or {}).items():
             metadata[f"hypersd_{key}"] = value if isinstance(value, str) else json.dumps(value)
-    with atomic_file(path) as partial:
-        save_file(tensors, str(partial), metadata=metadata)
+    save_tensors(tensors, path, metadata, what="LoRA")
     return path
 
 

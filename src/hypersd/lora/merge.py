@@ -11,12 +11,13 @@ one file adapts keeps that file's rank (a per-module rank in the merged config).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
 
 from hypersd.errors import UserError
-from hypersd.io import atomic_file
+from hypersd.io import save_tensors
 from hypersd.lora.files import INFERENCE_KEY, read_metadata
 
 CONFIG_KEY = "lora_adapter_metadata"
@@ -60,8 +61,8 @@ def module_scales(tensors: dict, metadata: dict) -> dict[str, float]:
 
 def merge_lora_files(a: Path, b: Path, out: Path, ratio: float = 1.0) -> Path:
     """Write the exact merge of LoRA files a and b (b weighted by `ratio`) to `out`."""
-    from safetensors.torch import save_file
-
+    if not math.isfinite(ratio):
+        raise UserError(f"the merge ratio must be a finite number, got {ratio}")
     ta, ma = read_lora(a)
     tb, mb = read_lora(b)
     sa, sb = module_scales(ta, ma), module_scales(tb, mb)
@@ -72,6 +73,7 @@ def merge_lora_files(a: Path, b: Path, out: Path, ratio: float = 1.0) -> Path:
             if module in scales:  # a file that does not adapt the module adds no rank there
                 downs.append(tensors[f"{module}.lora_A.weight"].float())
                 ups.append(tensors[f"{module}.lora_B.weight"].float() * (scales[module] * weight))
+        _require_same_module(module, downs, ups, a, b)
         merged[f"{module}.lora_A.weight"] = torch.cat(downs, 0).contiguous()
         merged[f"{module}.lora_B.weight"] = torch.cat(ups, 1).contiguous()
         ranks.add(merged[f"{module}.lora_A.weight"].shape[0])
@@ -88,11 +90,19 @@ def merge_lora_files(a: Path, b: Path, out: Path, ratio: float = 1.0) -> Path:
     inference = ma.get(INFERENCE_KEY) or mb.get(INFERENCE_KEY)  # the base LoRA (a) decides how it samples
     if inference:
         metadata[INFERENCE_KEY] = inference
-    with atomic_file(out) as tmp:
-        save_file(merged, str(tmp), metadata=metadata)
+    save_tensors(merged, out, metadata, what="merged LoRA")
     return Path(out)
 
 
 def _rank_pattern(merged: dict[str, torch.Tensor]) -> dict[str, int]:
     return {key[len("unet."): -len(".lora_A.weight")]: t.shape[0]
             for key, t in merged.items() if key.endswith(".lora_A.weight")}
+
+
+def _require_same_module(module: str, downs: list, ups: list, a: Path, b: Path) -> None:
+    """Both files must adapt `module` of the same UNet: equal input and output sizes."""
+    ins = {tuple(d.shape[1:]) for d in downs}
+    outs = {tuple(u.shape[:1]) + tuple(u.shape[2:]) for u in ups}
+    if len(ins) > 1 or len(outs) > 1:
+        raise UserError(f"cannot merge {a} and {b}: they were made for different UNets ({module} has "
+                        f"input {sorted(ins)} and output {sorted(outs)} sizes)")

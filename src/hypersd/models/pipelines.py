@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from hypersd.errors import UserError, load_error, pickle_allowed, require, require_model, require_model_folder
-from hypersd.io import atomic_dir
+from hypersd.io import atomic_dir, require_finite, writing
 from hypersd.options import loading
 
 INFERENCE_FILE = "hypersd_inference.json"  # sampling settings a distilled or fused pipeline folder carries
@@ -131,10 +131,12 @@ def load_unet_file(pipe, path: Path) -> None:
     pipe.unet.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
 
 
-def save_pipeline(pipe, folder: Path, settings: dict | None = None) -> Path:
+def save_pipeline(pipe, folder: Path, settings: dict | None = None, overwrite: bool = False) -> Path:
     """Save `pipe` as a diffusers folder (safetensors) with its own scheduler and, if given, its
-    sampling settings in INFERENCE_FILE; atomically."""
-    with atomic_dir(folder) as tmp:
+    sampling settings in INFERENCE_FILE; atomically, only over a folder hypersd wrote (or with
+    `overwrite`), and only with finite UNet weights."""
+    require_finite(dict(pipe.unet.named_parameters()), f"the UNet of {folder}")
+    with atomic_dir(folder, overwrite) as tmp, writing(folder):
         pipe.save_pretrained(tmp, safe_serialization=True)
         if settings:
             (tmp / INFERENCE_FILE).write_text(json.dumps(settings, indent=2))

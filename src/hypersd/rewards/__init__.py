@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hypersd.errors import UserError
+from hypersd.io import save_tensors
 from hypersd.rewards.base import PerceptualModel, RewardModel
 
 REWARD_KINDS = ("shapes-clean", "shapes-presence", "laion-aesthetic", "image-reward")
@@ -78,7 +79,6 @@ def check_reward_files(spec: str) -> None:
 def convert_head(source: Path, out: Path, allow_pickle: bool) -> Path:
     """Released aesthetic-head `.pth` (a pickled state dict) -> safetensors; refuses pickles unless allowed."""
     import torch
-    from safetensors.torch import save_file
 
     from hypersd.rewards.laion_aesthetic import HEAD_KEYS
 
@@ -94,5 +94,5 @@ def convert_head(source: Path, out: Path, allow_pickle: bool) -> Path:
     wanted = {f"{k}.{p}" for k in HEAD_KEYS for p in ("weight", "bias")}
     if not isinstance(state, dict) or set(state) != wanted:
         raise UserError(f"{source} is not an aesthetic head (expected keys {sorted(wanted)})")
-    save_file({k: v.contiguous() for k, v in state.items()}, str(out))
+    save_tensors(state, out, what="aesthetic head")
     return Path(out)

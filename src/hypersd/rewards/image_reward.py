@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from hypersd.errors import UserError, require
-from hypersd.io import atomic_dir
+from hypersd.io import atomic_dir, require_finite
 from hypersd.rewards.base import RewardModel
 from hypersd.rewards.laion_aesthetic import AestheticHead, clip_preprocess
 
@@ -144,7 +144,7 @@ def _config_from_shapes(state: dict) -> dict:
     }
 
 
-def convert_release(source: Path, tokenizer_dir: Path, out: Path, allow_pickle: bool) -> Path:
+def convert_release(source: Path, tokenizer_dir: Path, out: Path, allow_pickle: bool, overwrite: bool = False) -> Path:
     """Write an ImageReward folder from the released pickle checkpoint and a BERT tokenizer folder."""
     from safetensors.torch import save_file
     from transformers import BertTokenizer
@@ -174,7 +174,8 @@ def convert_release(source: Path, tokenizer_dir: Path, out: Path, allow_pickle: 
         ImageRewardNet(config).load_state_dict(converted)  # refuses a mismatched architecture before writing
     except RuntimeError as exc:
         raise UserError(f"checkpoint does not fit the ImageReward architecture: {str(exc).splitlines()[0]}") from None
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, overwrite) as tmp:
+        require_finite(converted, f"ImageReward weights {out}")
         save_file({k: v.contiguous() for k, v in converted.items()}, str(tmp / WEIGHTS))
         (tmp / CONFIG).write_text(json.dumps(config, indent=2))
         tokenizer.save_pretrained(tmp)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from hypersd.errors import require
+from hypersd.io import atomic_dir, require_finite
 from hypersd.rewards.base import PerceptualModel
 from hypersd.shapes.annotations import NUM_CLASSES, class_name, dense_targets
 from hypersd.shapes.batches import ShapesStream
@@ -62,11 +63,12 @@ class ShapesSegmenter(nn.Module):
                 "offset": out[:, NUM_CLASSES + 1:]}
 
     # ------------------------------------------------------------------ files
-    def save(self, folder: Path) -> None:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(folder / WEIGHTS))
-        (folder / CONFIG).write_text(json.dumps(asdict(self.config), indent=2))
+    def save(self, folder: Path, overwrite: bool = False) -> None:
+        state = {k: v.contiguous() for k, v in self.state_dict().items()}
+        require_finite(state, f"the segmenter {folder}")
+        with atomic_dir(folder, overwrite) as tmp:
+            save_file(state, str(tmp / WEIGHTS))
+            (tmp / CONFIG).write_text(json.dumps(asdict(self.config), indent=2))
 
     @classmethod
     def load(cls, folder: Path) -> "ShapesSegmenter":

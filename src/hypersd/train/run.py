@@ -3,7 +3,8 @@
 Run folder layout (file names: hypersd.train.outputs):
   recipe.yaml            the resolved recipe
   log.jsonl              one line per logged step, stage end and checkpoint
-  checkpoint/            the latest checkpoint (adapters, optimizer, RNG, position)
+  checkpoints/           the newest checkpoints (adapters, optimizers, RNG, position; crash-safe,
+                         see hypersd.train.checkpoint) and `latest`, naming the newest
   loras/, samples/       each stage's model and a grid of its samples
   metrics.json           per-stage loss and speed
 
@@ -29,9 +30,11 @@ With one process nothing changes numerically.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import sys
 from pathlib import Path
 
 import torch
@@ -40,6 +43,7 @@ from accelerate.utils import gather_object
 
 from hypersd.data.batches import batch_source
 from hypersd.errors import UserError
+from hypersd.io import folder_lock
 from hypersd.lora.adapters import (
     FAKE,
     FEEDBACK,
@@ -57,7 +61,7 @@ from hypersd.lora.files import load_into_adapter
 from hypersd.models.discriminator import LatentDiscriminator
 from hypersd.models.sd import load_model
 from hypersd.rewards import check_reward_files
-from hypersd.train.checkpoint import read_position, restore_checkpoint, rng_state, save_checkpoint
+from hypersd.train.checkpoint import latest_checkpoint, read_position, restore_checkpoint, rng_state, save_checkpoint
 from hypersd.train.optim import make_optimizer
 from hypersd.train.outputs import stage_name
 from hypersd.train.parallel import average_before_step, require_supported
@@ -96,8 +100,9 @@ class Run:
     (fake score, discriminator heads), the data, the log; `train()` runs the stages."""
 
     def __init__(self, recipe: Recipe, model_dir: Path, out: Path, device: str = "auto",
-                 init_lora: Path | None = None):
+                 init_lora: Path | None = None, warn=None):
         self.recipe, self.out = recipe, Path(out)
+        self.warn = warn or (lambda message: print(message, file=sys.stderr))
         self.model_dir = Path(model_dir)  # a latent cache must have been made with it
         use_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
         require_supported()  # before accelerate builds (or fails to build) a sharding plugin
@@ -129,6 +134,7 @@ class Run:
             if opt is not None:
                 opt.register_step_pre_hook(average_before_step)
         self.log_file = None
+        self.resume_from = None  # the checkpoint folder a resumed run continues
         self.batches = None    # the data (hypersd.data.batches), opened when training starts
         self.generator = None  # the full UNet of a dmd stage with generator: unet (built at its start)
 
@@ -210,14 +216,20 @@ class Run:
     def train(self, resume: bool = False, stop_after: int | None = None) -> dict:
         """Run every stage; `stop_after` optimizer steps in all ends the run early (as a kill would)."""
         acc = self.accelerator
+        self.resume_from = latest_checkpoint(self.out, self.warn if acc.is_main_process else None) if resume else None
+        if resume and self.resume_from is None:
+            raise UserError(f"nothing to resume in {self.out} (no checkpoint)")
+        position = read_position(self.resume_from) if resume else None
+        lock = folder_lock(self.out) if acc.is_main_process else contextlib.nullcontext()
+        with lock:  # a second run on this folder is refused while this one lives
+            return self._train(position, resume, stop_after)
+
+    def _train(self, position: dict | None, resume: bool, stop_after: int | None) -> dict:
+        acc = self.accelerator
         if acc.is_main_process:  # only process 0 writes the run folder
-            self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "recipe.yaml").write_text(self.recipe.to_yaml())
             self.log_file = (self.out / "log.jsonl").open("a")
         acc.wait_for_everyone()
-        position = read_position(self.out / "checkpoint") if resume else None
-        if resume and position is None:
-            raise UserError(f"nothing to resume in {self.out} (no checkpoint)")
         self._open_data(position)
         metrics_file = self.out / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if resume and metrics_file.is_file() else {"stages": {}}
@@ -259,7 +271,7 @@ class Run:
 
     def _stage_optimizer(self, index: int, stage: Stage, position: dict | None):
         """The optimizer of what stage `index` trains; on resume, everything restored from the checkpoint."""
-        acc, checkpoint = self.accelerator, self.out / "checkpoint"
+        acc, checkpoint = self.accelerator, self.resume_from
         resuming = position is not None
         if resuming and self._needs_teacher_adapter(index) and position["step"] > 0:
             self._add_teacher_adapter()  # its weights come from the checkpoint
@@ -301,7 +313,7 @@ class Run:
         states = gather_object([rng_state()])  # every process's stream
         data = {"data": gather_object([self.batches.state_dict()])} if hasattr(self.batches, "state_dict") else {}
         if self.accelerator.is_main_process:
-            save_checkpoint(self.out / "checkpoint", self.model.unet, {"stage": index, "step": step, **data},
+            save_checkpoint(self.out, self.model.unet, {"stage": index, "step": step, **data},
                             *self._state(optimizer), rng_states=states)
             self.log({"event": "checkpoint", "stage": index, "step": step})
 

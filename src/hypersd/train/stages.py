@@ -18,7 +18,7 @@ from hypersd.models.pipelines import derived_pipeline, save_pipeline
 from hypersd.progress import progress
 from hypersd.rewards import load_perceptual, load_reward
 from hypersd.shapes.prompts import standard_prompts
-from hypersd.train.checkpoint import preserved_rng
+from hypersd.train.checkpoint import fault_point, latest_checkpoint, preserved_rng
 from hypersd.train.objectives.base import Objective
 from hypersd.train.objectives.dmd import ScoreDistillation
 from hypersd.train.objectives.feedback import FeedbackLearning
@@ -33,7 +33,8 @@ class StageResult:
     finished: bool      # False: the run's step budget ended it early (as a kill would)
     steps: int          # optimizer steps taken in this call
     final_loss: float   # mean logged loss of the last 50 steps
-    seconds: float
+    seconds: float      # of this call
+    start: int = 0      # the step this call started at (> 0: resumed)
 
 
 class StageLoop:
@@ -97,10 +98,11 @@ class StageLoop:
         ran, recent, tick = 0, [], time.time()
         for step in bar:
             if budget is not None and ran >= budget:
-                return StageResult(False, ran, float("nan"), time.time() - tick)
+                return StageResult(False, ran, float("nan"), time.time() - tick, self.start)
             for _ in range(rec.gradient_accumulation):
                 means = self._micro_step(objective, params, frozen, batch, step)
             objective.after_step()
+            fault_point("step")
             ran += 1
             recent = (recent + [means["loss"].item()])[-50:]
             if step % rec.log_every == 0 or step == stage.iterations - 1:
@@ -110,7 +112,7 @@ class StageLoop:
                 bar.set_postfix(loss=f"{means['loss'].item():.4f}", refresh=False)
             if (step + 1) % rec.checkpoint_every == 0 or step == stage.iterations - 1:
                 run.checkpoint(self.optimizer, index, step + 1)
-        return StageResult(True, ran, sum(recent) / max(len(recent), 1), time.time() - tick)
+        return StageResult(True, ran, sum(recent) / max(len(recent), 1), time.time() - tick, self.start)
 
     def _micro_step(self, objective: Objective, params, frozen, batch: int, step: int) -> dict[str, torch.Tensor]:
         """One batch: losses, backward, the optimizer step (at the accumulation boundary), then the
@@ -125,8 +127,9 @@ class StageLoop:
             # the same on every process: all stop together
             means = acc.reduce({k: v.detach() for k, v in parts.items()}, reduction="mean")
             if not torch.isfinite(means["loss"]):
-                raise UserError(f"loss became {means['loss'].item()} at {stage_name(self.stage)} step {step}; "
-                                f"the last good checkpoint is kept in {run.out / 'checkpoint'}")
+                kept = latest_checkpoint(run.out)
+                where = f"the last good checkpoint is kept in {kept}" if kept else "no checkpoint was written yet"
+                raise UserError(f"loss became {means['loss'].item()} at {stage_name(self.stage)} step {step}; {where}")
             acc.backward(loss)
             if acc.sync_gradients:
                 average_gradients(params)  # several processes: before clipping, as one big batch
@@ -155,7 +158,8 @@ def finish_stage(run, index: int, stage: Stage, result: StageResult) -> dict:
         _sample_grid(run, index, stage)
     if index + 1 < len(run.recipe.stages):  # the next stage starts at step 0 of stage index + 1
         run.checkpoint(None, index + 1, 0)
-    stats = {"final_loss": result.final_loss, "seconds": result.seconds, "steps": result.steps}
+    stats = {"final_loss": result.final_loss, "seconds": result.seconds, "steps": stage.iterations,
+             **({"resumed_at_step": result.start} if result.start else {})}
     run.log({"event": "stage_end", "stage": stage_name(stage), "lora": str(path), **stats})
     return {"lora": str(path), **stats}
 

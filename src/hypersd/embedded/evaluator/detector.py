@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from hypersd.io import atomic_dir, require_finite
 from hypersd.shapes.world import COLORS, SHAPES, SIZES, Scene
 
 COLOR_NAMES, SHAPE_NAMES, SIZE_NAMES = list(COLORS), list(SHAPES), list(SIZES)
@@ -86,12 +87,14 @@ class ShapesDetector(nn.Module):
             results.append(found)
         return results
 
-    def save(self, folder: Path) -> None:
+    def save(self, folder: Path, overwrite: bool = False) -> None:
         from safetensors.torch import save_file
 
-        folder.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, folder / "detector.safetensors")
-        (folder / "config.json").write_text(json.dumps(asdict(self.config), indent=2))
+        state = {k: v.contiguous() for k, v in self.state_dict().items()}
+        require_finite(state, f"the detector {folder}")
+        with atomic_dir(folder, overwrite) as tmp:
+            save_file(state, tmp / "detector.safetensors")
+            (tmp / "config.json").write_text(json.dumps(asdict(self.config), indent=2))
 
     @classmethod
     def load(cls, folder: Path) -> "ShapesDetector":

@@ -48,5 +48,5 @@ def train_detector(cfg: DetectorTrainConfig, out: Path, log=print) -> ShapesDete
             bar.set_postfix(loss=f"{loss.item():.4f}")
             log({"step": step, "loss": loss.item(), "time_s": round(time.time() - start, 1)})
     model.eval()
-    model.save(Path(out))
+    model.save(Path(out), overwrite=True)  # the command checked --out before training
     return model
