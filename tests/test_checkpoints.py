@@ -128,6 +128,7 @@ def test_nan_before_any_checkpoint_says_so(tiny_pipeline_dir, recipe_file, tmp_p
                                                           "loss": original(self, *a)["loss"] * float("nan")})
     with pytest.raises(UserError, match="no checkpoint was written yet"):
         Run(load_recipe(recipe_file), tiny_pipeline_dir, tmp_path / "nan").train()
+    assert not (tmp_path / "nan").exists()  # a new run that failed before its first checkpoint leaves nothing
 
 
 # ------------------------------------------------------------------------------------ kill anywhere

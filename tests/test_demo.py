@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from PIL import Image
 
 from hypersd.assets import DEMO_RECIPE
@@ -24,6 +25,7 @@ def test_demo_report_on_a_tiny_model(tiny_pipeline_dir, tiny_evaluator_dir, tmp_
         assert (tmp_path / row["samples"] / "grid.png").is_file()
 
 
+@pytest.mark.slow  # the full-recipe test below covers the same rows (and more) in the default suite
 def test_demo_distills_and_adds_the_lora_rows(tiny_pipeline_dir, tiny_evaluator_dir, tmp_path):
     from hypersd.assets import ROOT
 
@@ -56,4 +58,10 @@ def test_demo_with_the_full_recipe_adds_the_unified_rows(tiny_pipeline_dir, tiny
     assert [r["steps"] for r in unified] == [1, 2, 4, 8]
     assert all(r["scheduler"] == "tcd" and r["eta"] == 0.3 for r in unified)
     assert sorted(summary["distill"]["stages"]) == ["feedback", "k1", "k2", "k4", "k8", "unified"]
-    assert "TSCD + feedback @4" in [r["label"] for r in summary["rows"]]
+    labels = [r["label"] for r in summary["rows"]]
+    assert labels[:9] == ["teacher DDIM @1", "teacher DDIM @50", "TSCD @1", "TSCD @2", "TSCD @4", "TSCD @8",
+                          "TSCD stage k8 @8", "TSCD stage k4 @4", "TSCD stage k2 @2"]
+    assert "TSCD + feedback @4" in labels
+    assert (tmp_path / "tscd" / "loras" / "tscd-k1.safetensors").is_file()
+    by_label = {r["label"]: r for r in summary["rows"]}  # the LoRA is applied: rows differ from the teacher
+    assert by_label["TSCD @1"]["psnr_vs_teacher"] != by_label["teacher DDIM @1"]["psnr_vs_teacher"]

@@ -99,3 +99,21 @@ def test_preserved_rng_leaves_the_stream_where_it_was():
     with preserved_rng():
         torch.rand(100)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_the_models_add_noise_is_ddpms_forward_process_whatever_sampler_the_pipeline_ships():
+    """SDXL ships an Euler sampler whose add_noise scales by sigma: training must not use that one."""
+    from types import SimpleNamespace
+
+    from diffusers import EulerDiscreteScheduler
+
+    from hypersd.models.sd import SDModel
+
+    euler = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    model = SDModel(SimpleNamespace(unet=None, vae=None, text_encoder=None, tokenizer=None, scheduler=euler))
+    x0, noise, t = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8), torch.tensor([0, 500, 999])
+    ac = euler.alphas_cumprod.clone().float()[t].view(-1, 1, 1, 1)
+    assert torch.equal(model.add_noise(x0, noise, t), ac.sqrt() * x0 + (1 - ac).sqrt() * noise)
+    low = model.add_noise(x0.bfloat16(), noise.bfloat16(), t)  # bf16 latents: fp32 maths, as before
+    assert low.dtype == torch.float32
+    assert torch.equal(low, ac.sqrt() * x0.bfloat16() + (1 - ac).sqrt() * noise.bfloat16())

@@ -200,22 +200,25 @@ def test_atomic_dir_removes_its_temporary_on_interrupt(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_live_lock_refuses_a_second_writer_and_a_stale_one_is_taken_over(tmp_path):
+def test_a_live_lock_refuses_a_second_writer_and_a_dead_holders_lock_is_free(tmp_path):
     import subprocess
     import sys
 
     from hypersd.errors import UserError
 
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from hypersd.io import folder_lock\n"
+                               f"with folder_lock({str(tmp_path)!r}):\n    print('held', flush=True)\n"
+                               "    time.sleep(60)"], stdout=subprocess.PIPE, text=True)
     try:
-        (tmp_path / ".hypersd-lock").write_text(f"{holder.pid}\n")
+        assert holder.stdout.readline().strip() == "held"
         with pytest.raises(UserError, match=f"in use by process {holder.pid}"):
             with folder_lock(tmp_path):
                 pass
     finally:
-        holder.kill()
+        holder.kill()  # SIGKILL: its lock file stays, the kernel's lock goes
         holder.wait()
-    with folder_lock(tmp_path) as lock:  # its process is gone: stale
+    assert (tmp_path / ".hypersd-lock").read_text().strip() == str(holder.pid)
+    with folder_lock(tmp_path) as lock:
         assert lock.read_text().strip() == str(os.getpid())
     assert not (tmp_path / ".hypersd-lock").exists()
 

@@ -81,12 +81,18 @@ def replace_dir(tmp: Path, final: Path) -> Path:
     """Publish folder `tmp` as `final` (flushed first): the previous `final` is moved aside, then removed."""
     tmp, final = Path(tmp), Path(final)
     fsync_tree(tmp)
-    old = temporary_name(final, "old")
-    if final.exists():
+    old = temporary_name(final, "old") if final.exists() else None
+    if old is not None:
         final.rename(old)
-    tmp.rename(final)
+    try:
+        tmp.rename(final)
+    except BaseException:
+        if old is not None:  # put the previous one back under its name
+            old.rename(final)
+        raise
     fsync_dir(final.parent)
-    shutil.rmtree(old, ignore_errors=True)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return final
 
 
@@ -156,39 +162,44 @@ def writing(path: Path) -> Iterator[None]:
 LOCK_FILE = ".hypersd-lock"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, another user's
-        return True
-    return True
-
-
 @contextlib.contextmanager
 def folder_lock(folder: Path) -> Iterator[Path]:
     """Hold `folder` for this process: a second writer started on it while this one lives is refused
-    with one line; a lock left by a process that no longer exists (killed) is taken over."""
+    with one line naming the holder. The lock is the kernel's (flock on LOCK_FILE, which also holds
+    the holder's process id), so a lock whose process died, killed or not, is free again."""
+    import fcntl
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     lock = folder / LOCK_FILE
     while True:
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            holder = (lock.read_text().strip() if lock.is_file() else "") or "?"
+            raise UserError(f"{folder} is in use by process {holder} (lock file {lock}); wait for it to end, "
+                            "or choose another folder") from None
+        try:
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:  # we hold the lock of the file that is there (not one its holder just removed)
             break
-        except FileExistsError:
-            try:
-                holder = int(lock.read_text().split()[0])
-            except (OSError, ValueError, IndexError):
-                holder = -1
-            if holder > 0 and holder != os.getpid() and _alive(holder):
-                raise UserError(f"{folder} is in use by process {holder} (lock file {lock}); wait for it to end, "
-                                "or choose another folder") from None
-            lock.unlink(missing_ok=True)  # stale: its process is gone
-    with os.fdopen(fd, "w") as f:
-        f.write(f"{os.getpid()}\n")
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
     try:
         yield lock
     finally:
         lock.unlink(missing_ok=True)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def write_text(path: Path, text: str) -> Path:
+    """A text file written atomically."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)

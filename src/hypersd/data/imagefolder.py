@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from hypersd.data.transforms import open_image, skip
+from hypersd.io import write_text
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 SAMPLES_FILE = "samples.jsonl"
@@ -118,5 +119,5 @@ def write_image_folder(out: Path, images: np.ndarray, records: list[dict]) -> Pa
         name = f"{i:06d}.png"
         Image.fromarray(array).save(out / name)
         lines.append(json.dumps({"file": name, **record}))
-    (out / SAMPLES_FILE).write_text("\n".join(lines) + "\n")
+    write_text(out / SAMPLES_FILE, "\n".join(lines) + "\n")
     return out

@@ -14,6 +14,7 @@ from hypersd.assets import DEMO_RECIPE, EVALUATOR, TEACHER, TEACHER_GUIDANCE
 from hypersd.embedded.evaluator.evaluate import Row, evaluate
 from hypersd.inference.grids import labelled_grid
 from hypersd.inference.settings import SampleSettings
+from hypersd.io import atomic_file, write_text
 from hypersd.shapes.prompts import standard_prompts
 
 TEACHER_STEPS = (1, 2, 4, 8, 25, 50)
@@ -34,8 +35,10 @@ def steps_comparison(out: Path, summary: dict, n: int = 8) -> Path:
             tiles.append(np.asarray(Image.open(folder / record["file"]).convert("RGB")))
             labels.append(f"{row['label']}" if i == 0 else record["prompt"])
     path = out / "steps_comparison.png"
-    labelled_grid(np.stack(tiles), labels, columns=n,
-                  title="same prompt and noise per column; first label names the row").save(path)
+    grid = labelled_grid(np.stack(tiles), labels, columns=n,
+                         title="same prompt and noise per column; first label names the row")
+    with atomic_file(path) as tmp:
+        grid.save(tmp, format="PNG")
     return path
 
 
@@ -72,7 +75,7 @@ def write_report_md(out: Path, summary: dict, seconds: float) -> Path:
         f"Wall time: {seconds / 60:.1f} min.",
     ]
     path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")
     return path
 
 
@@ -106,6 +109,6 @@ def run_demo(out: Path, n_prompts: int = 600, n_real: int = 2000, model: Path = 
     prompts = standard_prompts()[:n_prompts]
     summary = evaluate(model, rows, prompts, evaluator, out, n_real=n_real, log=log)
     summary["distill"] = distill
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    write_text(out / "metrics.json", json.dumps(summary, indent=2))
     steps_comparison(out, summary)
     return write_report_md(out, summary, time.time() - start)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from diffusers.optimization import get_cosine_schedule_with_warmup
 
 from hypersd.core.metrics import psnr_tensor as psnr
-from hypersd.io import check_output_dir
+from hypersd.io import atomic_dir, check_output_dir, write_text
 from hypersd.models.pipelines import resolve_device, save_pipeline
 from hypersd.models.tiny_sd import (
     TinySDConfig,
@@ -243,7 +243,8 @@ def pretrain(cfg: PretrainConfig, out: Path, work: Path | None = None, overwrite
             log({"phase": "vae_reused", "folder": str(vae_dir)})
         else:
             vae = train_vae(cfg, log)
-            vae.save_pretrained(vae_dir)
+            with atomic_dir(vae_dir, overwrite=True) as tmp:  # a killed run leaves no half VAE to reuse
+                vae.save_pretrained(tmp)
             vae_seconds = time.time() - start
     vae = vae.to(device).eval().requires_grad_(False)
     vae_quality = vae_psnr(vae, seed=cfg.seed + 5000)
@@ -256,5 +257,5 @@ def pretrain(cfg: PretrainConfig, out: Path, work: Path | None = None, overwrite
     previous = Path(cfg.init or "") / "hypersd_pretrain.json"
     if cfg.init and previous.is_file():  # a continued model carries the record of what it continued
         record["continued_from"] = json.loads(previous.read_text())
-    (out / "hypersd_pretrain.json").write_text(json.dumps(record, indent=2))
+    write_text(out / "hypersd_pretrain.json", json.dumps(record, indent=2))
     return record

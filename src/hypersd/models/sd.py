@@ -16,6 +16,7 @@ import copy
 from dataclasses import dataclass
 
 import torch
+from diffusers import DDPMScheduler
 
 from hypersd.errors import UserError
 from hypersd.models.pipelines import load_pipeline
@@ -49,7 +50,9 @@ class SDModel:
         self.pipe = pipe
         self.unet, self.vae = pipe.unet, pipe.vae
         self.text_encoder, self.tokenizer = pipe.text_encoder, pipe.tokenizer
-        self.noise_scheduler = pipe.scheduler  # the training noise schedule (diffusers' add_noise)
+        # the training forward process x_t = alpha_t x0 + sigma_t eps: DDPM's add_noise on the model's own
+        # betas (a pipeline's sampler may be Euler-style, whose add_noise scales by sigma instead)
+        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
         self.alphas_cumprod = pipe.scheduler.alphas_cumprod.clone().float()
         self.num_train_timesteps = pipe.scheduler.config.num_train_timesteps
         self._uncond_cache: dict = {}
@@ -136,8 +139,9 @@ class SDModel:
         return self.vae.decode(latents / self.vae.config.scaling_factor).sample
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """x_t = alpha_t x0 + sigma_t noise: the scheduler's own forward process."""
-        return self.noise_scheduler.add_noise(x0, noise, t)
+        """x_t = alpha_t x0 + sigma_t noise (diffusers' DDPM add_noise), computed in fp32 whatever the
+        latents' dtype, as the rest of the method's maths is."""
+        return self.noise_scheduler.add_noise(x0.float(), noise.float(), t)
 
 
 class SDXLModel(SDModel):

@@ -97,7 +97,12 @@ def save_checkpoint(run_dir: Path, unet, position: dict, optimizers: dict | None
         aside = temporary_name(final, "old") if final.exists() else None
         if aside is not None:  # the same position again (a resumed stage boundary): replace it
             final.rename(aside)
-        tmp.rename(final)
+        try:
+            tmp.rename(final)
+        except BaseException:
+            if aside is not None:
+                aside.rename(final)
+            raise
         fsync_dir(root)
         fault_point("renamed")
         _publish_latest(root, final.name)
@@ -166,9 +171,8 @@ def verify(folder: Path) -> str | None:
     """None when every file of the checkpoint is present and matches its manifest; else why not."""
     folder = Path(folder)
     try:
-        if not (folder / MANIFEST).is_file():  # a checkpoint of the older layout: readable is all we can check
-            return None if read_position(folder) is not None and (folder / "adapters.safetensors").is_file() \
-                else "state.json or adapters.safetensors missing"
+        if not (folder / MANIFEST).is_file():
+            return _verify_legacy(folder)
         files = json.loads((folder / MANIFEST).read_text())["files"]
         for name, entry in files.items():
             path = folder / name
@@ -177,8 +181,24 @@ def verify(folder: Path) -> str | None:
             if path.stat().st_size != entry["bytes"] or _sha256(path) != entry["sha256"]:
                 return f"{name} does not match its manifest (truncated or changed)"
         read_position(folder)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever is wrong with it, this checkpoint is not usable
         return f"unreadable ({type(exc).__name__})"
+    return None
+
+
+def _verify_legacy(folder: Path) -> str | None:
+    """A checkpoint of the older layout (no manifest): every file must at least read back."""
+    from safetensors import safe_open
+
+    if read_position(folder) is None or not (folder / "adapters.safetensors").is_file():
+        return "state.json or adapters.safetensors missing"
+    for path in sorted(folder.iterdir()):
+        if path.suffix == ".safetensors":
+            with safe_open(str(path), "pt") as f:
+                for key in f.keys():
+                    f.get_tensor(key)
+        elif path.suffix == ".pt":
+            torch.load(path, weights_only=True)
     return None
 
 

@@ -15,6 +15,7 @@ tscd-one-step-t{t}) are still read.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from hypersd.train.recipe import Stage
@@ -63,8 +64,10 @@ def stage_output(run: Path, stage: Stage) -> Path:
 def stage_loras(run: Path) -> dict[int, Path]:
     """Segments k -> LoRA file of that TSCD stage (`tscd-k{k}.safetensors`)."""
     loras = {}
-    for path in sorted((Path(run) / "loras").glob("*-k*.safetensors")):
-        loras[int(path.stem.rsplit("-k", 1)[1])] = path
+    for path in sorted((Path(run) / "loras").glob("tscd-k*.safetensors")):
+        match = re.fullmatch(r"tscd-k(\d+)", path.stem)
+        if match:
+            loras[int(match.group(1))] = path
     return loras
 
 

@@ -34,6 +34,7 @@ import contextlib
 import hashlib
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -43,7 +44,7 @@ from accelerate.utils import gather_object
 
 from hypersd.data.batches import batch_source
 from hypersd.errors import UserError
-from hypersd.io import folder_lock
+from hypersd.io import LOCK_FILE, atomic_file, folder_lock
 from hypersd.lora.adapters import (
     FAKE,
     FEEDBACK,
@@ -61,12 +62,30 @@ from hypersd.lora.files import load_into_adapter
 from hypersd.models.discriminator import LatentDiscriminator
 from hypersd.models.sd import load_model
 from hypersd.rewards import check_reward_files
-from hypersd.train.checkpoint import latest_checkpoint, read_position, restore_checkpoint, rng_state, save_checkpoint
+from hypersd.train.checkpoint import (
+    has_checkpoint,
+    latest_checkpoint,
+    read_position,
+    restore_checkpoint,
+    rng_state,
+    save_checkpoint,
+)
 from hypersd.train.optim import make_optimizer
 from hypersd.train.outputs import stage_name
 from hypersd.train.parallel import average_before_step, require_supported
 from hypersd.train.recipe import Recipe, Stage
 from hypersd.train.stages import StageLoop, finish_stage
+
+
+def _read_metrics(path: Path) -> dict:
+    """A resumed run's metrics.json so far ({"stages": {}} when there is none)."""
+    if not path.is_file():
+        return {"stages": {}}
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"cannot read {path} ({type(exc).__name__}); move it away to resume") from None
+    return metrics if isinstance(metrics, dict) and isinstance(metrics.get("stages"), dict) else {"stages": {}}
 
 
 def frozen_dtype(recipe: Recipe) -> torch.dtype:
@@ -220,19 +239,42 @@ class Run:
         if resume and self.resume_from is None:
             raise UserError(f"nothing to resume in {self.out} (no checkpoint)")
         position = read_position(self.resume_from) if resume else None
+        fresh = not self.out.exists()
         lock = folder_lock(self.out) if acc.is_main_process else contextlib.nullcontext()
-        with lock:  # a second run on this folder is refused while this one lives
-            return self._train(position, resume, stop_after)
+        cleaned = False
+        try:
+            with lock:  # a second run on this folder is refused while this one lives
+                try:
+                    return self._train(position, resume, stop_after)
+                except BaseException:
+                    if fresh and acc.is_main_process and not has_checkpoint(self.out):  # a new run, nothing to keep
+                        self._close_log()
+                        for path in self.out.iterdir():
+                            if path.name != LOCK_FILE:
+                                shutil.rmtree(path) if path.is_dir() else path.unlink()
+                        cleaned = True
+                    raise
+                finally:
+                    self._close_log()
+        finally:
+            if cleaned and self.out.is_dir() and not any(self.out.iterdir()):
+                self.out.rmdir()
+
+    def _close_log(self) -> None:
+        if self.log_file is not None:
+            self.log_file.close()
+            self.log_file = None
 
     def _train(self, position: dict | None, resume: bool, stop_after: int | None) -> dict:
         acc = self.accelerator
         if acc.is_main_process:  # only process 0 writes the run folder
-            (self.out / "recipe.yaml").write_text(self.recipe.to_yaml())
+            with atomic_file(self.out / "recipe.yaml") as tmp:
+                tmp.write_text(self.recipe.to_yaml())
             self.log_file = (self.out / "log.jsonl").open("a")
         acc.wait_for_everyone()
         self._open_data(position)
         metrics_file = self.out / "metrics.json"
-        metrics = json.loads(metrics_file.read_text()) if resume and metrics_file.is_file() else {"stages": {}}
+        metrics = _read_metrics(metrics_file) if resume else {"stages": {}}
         done_steps = 0
         for index, stage in enumerate(self.recipe.stages):
             if position is not None and index < position["stage"]:
@@ -252,7 +294,8 @@ class Run:
                 return metrics
             metrics["stages"][stage_name(stage)] = finish_stage(self, index, stage, result)
             if acc.is_main_process:
-                metrics_file.write_text(json.dumps(metrics, indent=2))
+                with atomic_file(metrics_file) as tmp:
+                    tmp.write_text(json.dumps(metrics, indent=2))
         acc.wait_for_everyone()  # every process returns once the run folder is complete
         return metrics
 
@@ -292,7 +335,7 @@ class Run:
 
     # ---------------------------------------------------------------- bookkeeping
     def log(self, record: dict) -> None:
-        if self.accelerator.is_main_process:
+        if self.accelerator.is_main_process and self.log_file is not None:
             self.log_file.write(json.dumps(record) + "\n")
             self.log_file.flush()
 

@@ -11,6 +11,7 @@ import torch
 from hypersd.errors import UserError
 from hypersd.inference.sample import generate, write_samples
 from hypersd.inference.settings import SampleSettings
+from hypersd.io import temporary_name
 from hypersd.lora.adapters import FEEDBACK, STUDENT, set_adapter_scale
 from hypersd.lora.files import save_lora
 from hypersd.lora.merge import merge_lora_files
@@ -175,9 +176,11 @@ def _save_student(run, index: int, stage: Stage, path) -> None:
     feedback_file = run.out / "loras" / FEEDBACK_LORA
     if stage.method == "feedback":
         save_lora(feedback_file, unet, FEEDBACK, extra=info["extra"])
-    student_file = save_lora(path.with_name(path.stem + ".student.tmp.safetensors"), unet, STUDENT, **info)
-    merge_lora_files(student_file, feedback_file, path, run.merge_ratio(index))
-    student_file.unlink()
+    student_file = save_lora(temporary_name(path, "student"), unet, STUDENT, **info)
+    try:
+        merge_lora_files(student_file, feedback_file, path, run.merge_ratio(index))
+    finally:
+        student_file.unlink(missing_ok=True)
 
 
 def _generator_pipeline(run):

@@ -25,6 +25,7 @@ from hypersd.embedded.evaluator.detector import ShapesDetector
 from hypersd.embedded.evaluator.shapes_eval import accuracy_table, judge_images
 from hypersd.inference.sample import apply_loras, generate, write_samples
 from hypersd.inference.settings import SampleSettings
+from hypersd.io import atomic_file, write_text
 from hypersd.models.pipelines import load_pipeline
 from hypersd.shapes.batches import to_tensor
 from hypersd.shapes.world import CATEGORIES, render_array, sample_scene
@@ -95,7 +96,7 @@ def evaluate(model: Path, rows: list[Row], prompts: list[str], detector_dir: Pat
         metrics, records = score(detector, images, prompts, real_feats, reference)
         folder = out / "samples" / _slug(row.label)
         write_samples(folder, images, prompts, seeds, row.settings)
-        (folder / "judgements.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        write_text(folder / "judgements.jsonl", "".join(json.dumps(r) + "\n" for r in records))
         if extra_scores is not None:
             metrics["extra"] = extra_scores(images, prompts)
         entry = {"label": row.label, **row.settings.record(), **({"model": str(row.model)} if row.model else {}),
@@ -131,7 +132,8 @@ def _reference_images(pipe, out: Path, prompts, seeds, settings: SampleSettings)
     start = time.time()
     images = generate(pipe, prompts, settings, seeds, progress_desc="teacher reference")
     seconds = time.time() - start
-    np.savez_compressed(cache, images=images, key=np.array(key), seconds=np.array(seconds))
+    with atomic_file(cache) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, images=images, key=np.array(key), seconds=np.array(seconds))
     return images, seconds
 
 
@@ -188,11 +190,12 @@ def plot_metrics(summary: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
 
 
 def write_reports(out: Path, summary: dict) -> None:
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
-    (out / "metrics.md").write_text(markdown_table(summary))
+    write_text(out / "metrics.json", json.dumps(summary, indent=2))
+    write_text(out / "metrics.md", markdown_table(summary))
     plot_metrics(summary, out / "metrics.png")
