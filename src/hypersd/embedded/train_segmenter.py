@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers.optimization import get_cosine_schedule_with_warmup
 
-from hypersd.progress import progress
+from hypersd.embedded.render_training import fit_on_renders
 from hypersd.rewards.segmenter import SegmenterConfig, ShapesSegmenter, decode_instances, instance_loss
 from hypersd.shapes.annotations import NUM_CLASSES, dense_targets
-from hypersd.shapes.batches import ShapesStream, augment
+from hypersd.shapes.batches import ShapesStream
 
 
 @dataclass
@@ -29,23 +27,8 @@ def train_segmenter(cfg: SegmenterTrainConfig, out: Path, log=print) -> ShapesSe
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     model = ShapesSegmenter(SegmenterConfig())
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    sched = get_cosine_schedule_with_warmup(opt, num_warmup_steps=100, num_training_steps=cfg.steps)
-    stream = ShapesStream(cfg.seed + 1000)
-    start = time.time()
-    bar = progress(range(cfg.steps), desc="segmenter")
-    for step in bar:
-        x, _, scenes = stream.batch(cfg.batch)
-        loss = instance_loss(model(augment(x, gen)), dense_targets(scenes), model.config)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        if step % 100 == 0 or step == cfg.steps - 1:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            log({"step": step, "loss": loss.item(), "time_s": round(time.time() - start, 1)})
-    model.eval()
+    fit_on_renders(model, lambda out, scenes: instance_loss(out, dense_targets(scenes), model.config),
+                   cfg.seed + 1000, cfg.steps, cfg.batch, cfg.lr, gen, "segmenter", log)
     model.save(Path(out), overwrite=True)  # the command checked --out before training
     return model
 
