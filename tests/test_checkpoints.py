@@ -67,7 +67,7 @@ def test_a_damaged_checkpoint_falls_back_to_the_one_before(tiny_pipeline_dir, re
     Run(recipe, tiny_pipeline_dir, tmp_path / "whole").train()
     Run(recipe, tiny_pipeline_dir, tmp_path / "killed").train(stop_after=7)  # checkpoints (1, 0) and (1, 2)
     newest = latest_checkpoint(tmp_path / "killed")
-    assert read_position(newest) == {"stage": 1, "step": 2}
+    assert {k: read_position(newest)[k] for k in ("stage", "step")} == {"stage": 1, "step": 2}
     file = {"truncated adapters": "adapters.safetensors", "truncated optimizer": "optimizer-student.pt",
             "invalid state.json": "state.json", "missing rng": "rng.safetensors"}[damage]
     if damage == "missing rng":

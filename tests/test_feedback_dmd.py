@@ -98,7 +98,7 @@ def _recipe(tmp_path, segmenter_dir, stages, lora="{rank: 2, alpha: 2, targets: 
         "dmd": ("  - {method: dmd, segments: 1, iterations: 3, learning_rate: 1.0e-3, feedback: " + feedback
                 + ", dmd: {with_feedback: true, fake_rank: 2, fake_updates: 2, batch_size: 1}}"),
         "unet": ("  - {method: dmd, segments: 1, iterations: 3, learning_rate: 1.0e-3, mse_weight: 0, feedback: "
-                 + feedback + ", dmd: {generator: unet, generator_timestep: 800, with_feedback: true, fake_rank: 2}}"),
+                 + feedback + ", dmd: {generator: unet, generator_timestep: 800, with_feedback: true, fake_rank: 2, fake_updates: 1}}"),
     }
     path = tmp_path / "recipe.yaml"
     path.write_text("name: tiny-hyper\nstages:\n" + "\n".join(lines[s] for s in stages) + "\n"
@@ -146,7 +146,8 @@ def test_full_recipe_writes_a_unified_tcd_lora_and_resumes_exactly(tiny_pipeline
     assert settings["scheduler"] == "tcd" and settings["eta"] == 0.3
     assert (tmp_path / "whole" / "samples" / "unified" / "grid.png").is_file()
     Run(recipe, tiny_pipeline_dir, tmp_path / "killed").train(stop_after=6)  # inside the DMD stage
-    assert json.loads((latest_checkpoint(tmp_path / "killed") / "state.json").read_text()) == {"stage": 2, "step": 1}
+    position = json.loads((latest_checkpoint(tmp_path / "killed") / "state.json").read_text())
+    assert (position["stage"], position["step"]) == (2, 1) and position["elapsed"] > 0
     Run(recipe, tiny_pipeline_dir, tmp_path / "killed").train(resume=True)
     a, b = load_file(unified), load_file(tmp_path / "killed" / "loras" / "dmd-unified.safetensors")
     assert a.keys() == b.keys()

@@ -68,7 +68,7 @@ def _recipe(tmp_path, segmenter_dir, *overrides):
         "  - {segments: 2, iterations: 2, learning_rate: 1.0e-3}\n"
         f"  - {{method: feedback, iterations: 2, learning_rate: 1.0e-3, feedback: {feedback}}}\n"
         f"  - {{method: dmd, segments: 1, iterations: 2, learning_rate: 1.0e-3, feedback: {feedback}, "
-        "dmd: {with_feedback: true, fake_rank: 2, batch_size: 1}}\n"
+        "dmd: {with_feedback: true, fake_rank: 2, fake_updates: 1, batch_size: 1}}\n"
         "lora: {rank: 2, alpha: 4, targets: [to_q, to_v, conv1]}\ndata: {pool_size: 8}\nsamples: {prompts: 2}\n")
     return load_recipe(path, ["training.batch_size=2", "training.checkpoint_every=1", *overrides])
 

@@ -103,7 +103,7 @@ def test_a_killed_and_resumed_run_ends_with_the_same_lora(tiny_pipeline_dir, tmp
     Run(recipe, tiny_pipeline_dir, tmp_path / "killed").train(stop_after=stop_after)
     assert not (tmp_path / "killed" / "loras" / "tscd-k1.safetensors").exists()
     position = json.loads((latest_checkpoint(tmp_path / "killed") / "state.json").read_text())
-    assert position == {"stage": stop_after // 4, "step": 2}
+    assert (position["stage"], position["step"]) == (stop_after // 4, 2)
     Run(recipe, tiny_pipeline_dir, tmp_path / "killed").train(resume=True)
     for k in (2, 1):
         a = load_file(tmp_path / "whole" / "loras" / f"tscd-k{k}.safetensors")

@@ -53,7 +53,9 @@ def distill(recipe: Optional[Path] = typer.Option(None, help="YAML recipe (defau
     # rewards are checked, so a refused run leaves no empty folder
     if not resume and has_checkpoint(out):
         raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    run = Run(resolved, model, out, device=device, init_lora=init_lora)
+    from hypersd.embedded.monitor import run_monitor
+
+    run = Run(resolved, model, out, device=device, init_lora=init_lora, monitor=run_monitor(resolved))
     metrics = run.train(resume=resume)
     if not run.accelerator.is_main_process:  # several processes: one report
         return

@@ -50,10 +50,13 @@ class Head(nn.Module):
 
 
 class LatentDiscriminator(nn.Module):
-    """Trainable heads; the encoder is the model's UNet with its LoRA adapters disabled."""
+    """Trainable heads; the encoder is the model's UNet with its LoRA adapters disabled, or with
+    adapter `adapter` active: DMD2's classifier reads the fake score's encoder (Yin et al. 2024b,
+    sec. 4.3), so the GAN needs no second UNet."""
 
-    def __init__(self, unet):
+    def __init__(self, unet, adapter: str | None = None):
         super().__init__()
+        self.adapter = adapter
         channels = list(unet.config.block_out_channels)
         levels = channels + ([channels[-1]] if unet.mid_block is not None else [])
         text_dim = unet.config.cross_attention_dim
@@ -66,7 +69,6 @@ class LatentDiscriminator(nn.Module):
         text = cond.hidden_states.mean(1)
         return torch.stack([head(f, text) for head, f in zip(self.heads, features)]).mean(0)
 
-    @staticmethod
-    def features(model, x, t, cond) -> list[torch.Tensor]:
-        with model.using_lora(None):
+    def features(self, model, x, t, cond) -> list[torch.Tensor]:
+        with model.using_lora(self.adapter):
             return unet_encoder_features(model.unet, x, t, cond)

@@ -60,7 +60,15 @@ class ScoreDistillation:
     dmd_weight: float = 1.0
     fake_rank: int = 16               # the fake score: a LoRA on the same frozen base
     fake_learning_rate: float = 1e-4
-    fake_updates: int = 1             # fake-score updates per generator update (the alternating ratio)
+    fake_updates: int = 5             # fake-score updates per generator update: DMD2's two time-scale update
+                                      # rule (sec. 4.2; 5 there); 1 = DMD's alternation
+    gan_weight: float = 5e-3          # generator's non-saturating GAN loss of the classifier head on the fake
+                                      # score's encoder features (DMD2 sec. 4.3; its SDXL value); 0 = no head
+    gan_classifier_weight: float = 1e-2  # the head's real-vs-generated loss in the fake score's update (it also
+                                      # shapes the fake LoRA, as in DMD2; its value)
+    backward_simulation: list[int] = field(default_factory=list)  # n-step schedules whose intermediate inputs
+                                      # come from the student's own sampler (DMD2 sec. 4.5), e.g. [1, 2, 4] for
+                                      # the unified LoRA; [] = the generator reads pure noise at generator_timestep
     with_feedback: bool = False       # add the stage's feedback terms (section 3.3: "and the feedback losses")
     generator: str = "lora"           # lora, or unet: the dedicated one-step model as a full UNet (initialised
                                       # from base + LoRA, saved as a diffusers pipeline folder)
@@ -74,6 +82,12 @@ class ScoreDistillation:
         _require(self.fake_rank >= 1 and self.fake_learning_rate > 0 and self.fake_updates >= 1, where,
                  "fake_rank, fake_updates >= 1 and fake_learning_rate > 0")
         _require(self.batch_size >= 0, where, "batch_size must be >= 0 (0 = training.batch_size)")
+        _require(min(self.gan_weight, self.gan_classifier_weight) >= 0, where,
+                 "gan_weight and gan_classifier_weight must be >= 0")
+        _require((self.gan_weight > 0) == (self.gan_classifier_weight > 0), where,
+                 "the GAN term needs both gan_weight (generator) and gan_classifier_weight (head) > 0, or both 0")
+        _require(all(isinstance(n, int) and 1 <= n <= 100 for n in self.backward_simulation), where,
+                 "backward_simulation lists step counts in [1, 100], e.g. [1, 2, 4]")
         _require(self.generator in ("lora", "unet"), where, f"generator must be lora or unet, got {self.generator!r}")
         _require(self.generator == "lora" or self.generator_timestep != 999, where,
                  "the unified model (generator_timestep 999) is a LoRA; a full-UNet generator is the dedicated "
@@ -166,6 +180,10 @@ class Training:
     max_grad_norm: float = 1.0
     checkpoint_every: int = 200
     log_every: int = 10
+    eval_every: int = 0               # a quick evaluation every N steps of a stage (0 = none): ShapesEval of
+                                      # the student on eval_prompts standard prompts, logged and plotted in
+                                      # RUN/progress.png (`hypersd distill`; the Shapes evaluator)
+    eval_prompts: int = 120
     seed: int = 0
 
     def validate(self, where: str) -> None:
@@ -175,6 +193,7 @@ class Training:
         _require(self.frozen_precision in ("auto", "fp32"), where, "frozen_precision must be auto or fp32")
         _require(self.optimizer in ("adamw", "adamw8bit"), where, "optimizer must be adamw or adamw8bit")
         _require(self.checkpoint_every >= 1 and self.log_every >= 1, where, "checkpoint_every, log_every >= 1")
+        _require(self.eval_every >= 0 and self.eval_prompts >= 1, where, "eval_every must be >= 0, eval_prompts >= 1")
 
 
 @dataclass

@@ -116,11 +116,13 @@ def _forget_previous_accelerator() -> None:
 
 class Run:
     """Everything a run holds: accelerator, model with its adapters, optimizers of the helpers
-    (fake score, discriminator heads), the data, the log; `train()` runs the stages."""
+    (fake score with its GAN head, discriminator heads), the data, the log; `train()` runs the stages."""
 
     def __init__(self, recipe: Recipe, model_dir: Path, out: Path, device: str = "auto",
-                 init_lora: Path | None = None, warn=None):
+                 init_lora: Path | None = None, warn=None, monitor=None):
         self.recipe, self.out = recipe, Path(out)
+        self.monitor = monitor  # monitor(pipe, SampleSettings) -> float: the quick evaluation (training.eval_every)
+        self.elapsed = 0.0      # training seconds so far, across resumes (kept in every checkpoint)
         self.warn = warn or (lambda message: print(message, file=sys.stderr))
         self.model_dir = Path(model_dir)  # a latent cache must have been made with it
         use_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
@@ -139,6 +141,7 @@ class Run:
         torch.manual_seed(recipe.training.seed)  # LoRA initialisation is part of the run's seed
         for name in (STUDENT, TARGET):
             add_lora(self.model.unet, recipe.lora.rank, recipe.lora.alpha, recipe.lora.targets, name=name)
+        self.score_classifier = None  # the GAN head of score distillation (dmd.gan_weight > 0)
         self.fake_optimizer = self._add_phase_adapters()
         if init_lora is not None:
             load_into_adapter(self.model.unet, init_lora, STUDENT)
@@ -170,8 +173,11 @@ class Run:
         if not dmd:
             return None
         add_lora(unet, dmd[0].dmd.fake_rank, dmd[0].dmd.fake_rank, targets, name=FAKE)
-        return make_optimizer(self.adapter_parameters(FAKE), self.recipe.training.optimizer,
-                              dmd[0].dmd.fake_learning_rate)
+        params = self.adapter_parameters(FAKE)
+        if any(st.dmd.gan_weight > 0 for st in dmd):  # DMD2's GAN head on the fake score's encoder
+            self.score_classifier = LatentDiscriminator(unet, adapter=FAKE).to(self.accelerator.device)
+            params += list(self.score_classifier.parameters())
+        return make_optimizer(params, self.recipe.training.optimizer, dmd[0].dmd.fake_learning_rate)
 
     def adapter_parameters(self, name: str) -> list[torch.nn.Parameter]:
         return list(adapter_parameters(self.model.unet, name).values())
@@ -239,6 +245,7 @@ class Run:
         if resume and self.resume_from is None:
             raise UserError(f"nothing to resume in {self.out} (no checkpoint)")
         position = read_position(self.resume_from) if resume else None
+        self.elapsed = float(position.get("elapsed", 0.0)) if position else 0.0
         fresh = not self.out.exists()
         lock = folder_lock(self.out) if acc.is_main_process else contextlib.nullcontext()
         cleaned = False
@@ -346,6 +353,8 @@ class Run:
             optimizers["fake"] = self.fake_optimizer
         if self.generator is not None:
             modules["generator"] = self.generator
+        if self.score_classifier is not None:
+            modules["score_classifier"] = self.score_classifier
         if self.discriminator is not None:
             optimizers["discriminator"] = self.d_optimizer
             modules["discriminator"] = self.discriminator
@@ -356,7 +365,8 @@ class Run:
         states = gather_object([rng_state()])  # every process's stream
         data = {"data": gather_object([self.batches.state_dict()])} if hasattr(self.batches, "state_dict") else {}
         if self.accelerator.is_main_process:
-            save_checkpoint(self.out, self.model.unet, {"stage": index, "step": step, **data},
+            save_checkpoint(self.out, self.model.unet,
+                            {"stage": index, "step": step, "elapsed": round(self.elapsed, 3), **data},
                             *self._state(optimizer), rng_states=states)
             self.log({"event": "checkpoint", "stage": index, "step": step})
 

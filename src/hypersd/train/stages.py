@@ -3,6 +3,7 @@ objective's losses, step the trained parameters, update the target), and what it
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from hypersd.progress import progress
 from hypersd.rewards import load_perceptual, load_reward
 from hypersd.shapes.prompts import standard_prompts
 from hypersd.train.checkpoint import fault_point, latest_checkpoint, preserved_rng
+from hypersd.train.curves import plot_progress
 from hypersd.train.objectives.base import Objective
 from hypersd.train.objectives.dmd import ScoreDistillation
 from hypersd.train.objectives.feedback import FeedbackLearning
@@ -57,7 +59,8 @@ class StageLoop:
             if stage.dmd.with_feedback:  # ReFL images start where the generator does: noise at t_g
                 feedback = self._feedback(generator or run.model, first_timestep=stage.dmd.generator_timestep)
             return ScoreDistillation(run.model, stage, student, target, run.fake_optimizer, feedback,
-                                     generator_model=generator)
+                                     generator_model=generator,
+                                     classifier=run.score_classifier if stage.dmd.gan_weight > 0 else None)
         return TSCD(run.model, stage, run.discriminator if stage.adversarial_weight > 0 else None,
                     student=student, target=target)
 
@@ -96,9 +99,10 @@ class StageLoop:
         batch = stage.dmd.batch_size if stage.method == "dmd" and stage.dmd.batch_size else rec.batch_size
         bar = progress(range(self.start, stage.iterations), desc=label, initial=self.start, total=stage.iterations,
                        disable=None if acc.is_main_process else True)
-        ran, recent, tick = 0, [], time.time()
+        ran, recent, tick, base = 0, [], time.time(), run.elapsed
         for step in bar:
             if budget is not None and ran >= budget:
+                run.elapsed = base + time.time() - tick
                 return StageResult(False, ran, float("nan"), time.time() - tick, self.start)
             for _ in range(rec.gradient_accumulation):
                 means = self._micro_step(objective, params, frozen, batch, step)
@@ -106,14 +110,32 @@ class StageLoop:
             fault_point("step")
             ran += 1
             recent = (recent + [means["loss"].item()])[-50:]
+            run.elapsed = base + time.time() - tick  # training seconds of the whole run, across resumes
             if step % rec.log_every == 0 or step == stage.iterations - 1:
                 rate = ran / max(time.time() - tick, 1e-9)
                 run.log({"stage": stage_name(stage), "step": step, **{k: v.item() for k, v in means.items()},
-                         "it_per_s": rate})
+                         "it_per_s": rate, "eta_s": round((stage.iterations - step - 1) / rate, 1),
+                         "elapsed_s": round(run.elapsed, 1)})
                 bar.set_postfix(loss=f"{means['loss'].item():.4f}", refresh=False)
+            if rec.eval_every and (step + 1) % rec.eval_every == 0 and run.monitor is not None:
+                spent = time.time()
+                self.quick_eval(step + 1)
+                tick += time.time() - spent  # evaluation time is not training time
             if (step + 1) % rec.checkpoint_every == 0 or step == stage.iterations - 1:
                 run.checkpoint(self.optimizer, index, step + 1)
         return StageResult(True, ran, sum(recent) / max(len(recent), 1), time.time() - tick, self.start)
+
+    def quick_eval(self, step: int) -> None:
+        """The run's monitor (e.g. ShapesEval on 120 prompts) on the student as it is now, at each
+        step count it is meant for; logged as a "quick_eval" record and drawn in progress.png."""
+        run = self.run
+        if not run.accelerator.is_main_process:
+            return
+        with preserved_rng(), stage_pipeline(run, self.index, self.stage) as pipe:
+            scores = {f"@{s.steps}": run.monitor(pipe, s) for s in monitor_settings(self.stage)}
+        run.log({"event": "quick_eval", "stage": stage_name(self.stage), "step": step,
+                 "elapsed_s": round(run.elapsed, 1), "scores": scores})
+        plot_progress(run.out)
 
     def _micro_step(self, objective: Objective, params, frozen, batch: int, step: int) -> dict[str, torch.Tensor]:
         """One batch: losses, backward, the optimizer step (at the accumulation boundary), then the
@@ -162,6 +184,8 @@ def finish_stage(run, index: int, stage: Stage, result: StageResult) -> dict:
     stats = {"final_loss": result.final_loss, "seconds": result.seconds, "steps": stage.iterations,
              **({"resumed_at_step": result.start} if result.start else {})}
     run.log({"event": "stage_end", "stage": stage_name(stage), "lora": str(path), **stats})
+    if run.accelerator.is_main_process:
+        plot_progress(run.out)
     return {"lora": str(path), **stats}
 
 
@@ -188,23 +212,42 @@ def _generator_pipeline(run):
     return derived_pipeline(run.model.pipe, unet=run.generator)
 
 
+def stage_settings(stage: Stage, steps: int | None = None, seed: int = 0) -> SampleSettings:
+    """How the stage's model samples (its metadata's settings), at `steps` steps if given."""
+    inference = stage_inference(stage)
+    return SampleSettings(steps=steps or inference["steps"], scheduler=inference["scheduler"], guidance=0.0,
+                          eta=inference.get("eta"), timesteps=inference.get("timesteps"), seed=seed, batch_size=64)
+
+
+def monitor_settings(stage: Stage) -> list[SampleSettings]:
+    """What a quick evaluation samples: every step count a backward-simulated generator learns
+    (the unified LoRA: 1, 2, 4), else the stage's own."""
+    counts = stage.dmd.backward_simulation if stage.method == "dmd" and stage.dmd.generator_timestep == 999 else []
+    return [stage_settings(stage, n) for n in counts] or [stage_settings(stage)]
+
+
+@contextlib.contextmanager
+def stage_pipeline(run, index: int, stage: Stage):
+    """The run's pipeline sampling the stage's model as its file will hold it (the student's
+    adapters; a feedback stage's LoRA at its merge ratio; a full-UNet generator)."""
+    run.model.unet.set_adapter(run.roles(index)[0])
+    if stage.method == "feedback":
+        set_adapter_scale(run.model.unet, FEEDBACK, stage.feedback.merge_ratio)
+    try:
+        yield _generator_pipeline(run) if run.trains_unet(index) else run.model.pipe
+    finally:
+        if stage.method == "feedback":
+            set_adapter_scale(run.model.unet, FEEDBACK, 1.0)
+
+
 @torch.no_grad()
 def _sample_grid(run, index: int, stage: Stage) -> None:
     """The first `samples.prompts` standard prompts with the stage's model at its own settings."""
     prompts = standard_prompts()[: run.recipe.samples.prompts]
     if not prompts:
         return
-    inference = stage_inference(stage)
-    settings = SampleSettings(steps=inference["steps"], scheduler=inference["scheduler"], guidance=0.0,
-                              eta=inference.get("eta"), timesteps=inference.get("timesteps"),
-                              seed=run.recipe.samples.seed, batch_size=64)
-    with preserved_rng():  # sampling must not change the training stream
-        run.model.unet.set_adapter(run.roles(index)[0])
-        if stage.method == "feedback":  # sample what the file holds: the feedback LoRA at the merge ratio
-            set_adapter_scale(run.model.unet, FEEDBACK, stage.feedback.merge_ratio)
-        pipe = _generator_pipeline(run) if run.trains_unet(index) else run.model.pipe
+    settings = stage_settings(stage, seed=run.recipe.samples.seed)
+    with preserved_rng(), stage_pipeline(run, index, stage) as pipe:  # sampling must not move the training stream
         images = generate(pipe, prompts, settings)
-        if stage.method == "feedback":
-            set_adapter_scale(run.model.unet, FEEDBACK, 1.0)
     seeds = [settings.seed + i for i in range(len(prompts))]
     write_samples(run.out / "samples" / stage_name(stage), images, prompts, seeds, settings)

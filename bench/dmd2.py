@@ -1,0 +1,229 @@
+"""DMD2-grade score distillation on the shipped teacher (issue 14): the long runs, the Table 5
+analogue and the ablation of each DMD2 addition, with 95% intervals and quality against training time.
+
+The runs live in bench/runs/long/<name> and are trained by the CLI (in the background, resumable):
+
+    tscd-s{seed}                   configs/tscd.yaml
+    dmd2-one-step-base-s{seed}     configs/dmd2-one-step.yaml from the base model (Table 5: "DMD alone")
+    dmd2-one-step-tscd-s{seed}     configs/dmd2-one-step.yaml from tscd-s{seed}'s k1 LoRA ("TSCD + DMD")
+    dmd2-unified-tscd-s{seed}      configs/dmd2-unified.yaml from tscd-s{seed}'s k1 LoRA
+    ablation-<variant>-s0          dmd2-one-step-tscd with one DMD2 addition switched off, a shorter budget
+
+    python bench/dmd2.py --commands          # the command of every run, in order (seed 1: --set training.seed=1)
+    python bench/dmd2.py --train NAME        # train (or resume) one run in the foreground
+    python bench/dmd2.py                     # evaluate the finished runs; bench/results/dmd2.{json,md,png}
+    python bench/dmd2.py --quick             # tiny budgets end to end, *-quick files
+
+Evaluation: 600 standard prompts, FD against 2,000 real renders, teacher DDIM 50 steps guidance 5 as
+the reference. Paired bootstrap over prompts for every comparison; inside the interval is a tie.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from common import ROOT, RUNS, write_results  # bench/common.py
+
+from hypersd.assets import EVALUATOR, TEACHER, TEACHER_GUIDANCE
+from hypersd.core.intervals import paired_difference, verdict
+from hypersd.embedded.evaluator.evaluate import Row, evaluate, markdown_table
+from hypersd.embedded.monitor import run_monitor
+from hypersd.inference.settings import SampleSettings
+from hypersd.lora.files import LoraSpec
+from hypersd.progress import quiet_libraries
+from hypersd.shapes.captions import parse_caption
+from hypersd.shapes.prompts import standard_prompts
+from hypersd.train.checkpoint import has_checkpoint
+from hypersd.train.curves import progress_series, read_log
+from hypersd.train.outputs import phase_lora
+from hypersd.train.recipe import load_recipe
+from hypersd.train.run import Run
+
+LONG = RUNS / "long"
+CONFIGS = ROOT / "configs"
+ABLATION_ITERATIONS = 300
+ABLATIONS = {  # variant -> overrides of configs/dmd2-one-step.yaml (from the TSCD LoRA)
+    "dmd2": [],
+    "no-gan": ["stages.0.dmd.gan_weight=0", "stages.0.dmd.gan_classifier_weight=0"],
+    "ttur-1": ["stages.0.dmd.fake_updates=1"],
+    "with-mse": ["stages.0.mse_weight=1.0"],
+    "dmd": ["stages.0.dmd.fake_updates=1", "stages.0.dmd.gan_weight=0", "stages.0.dmd.gan_classifier_weight=0"],
+}
+QUICK = ["training.batch_size=4", "data.pool_size=64", "stages.0.dmd.batch_size=2", "training.eval_every=2",
+         "training.eval_prompts=8", "training.checkpoint_every=2"]
+
+
+def plan(seeds: list[int]) -> dict[str, tuple[Path, str | None, list[str]]]:
+    """Every run: name -> (recipe file, the run whose tscd-k1 LoRA starts it, overrides)."""
+    runs = {}
+    for seed in seeds:
+        s = [f"training.seed={seed}"] if seed else []
+        runs[f"tscd-s{seed}"] = (CONFIGS / "tscd.yaml", None, s)
+        runs[f"dmd2-one-step-base-s{seed}"] = (CONFIGS / "dmd2-one-step.yaml", None, s)
+        runs[f"dmd2-one-step-tscd-s{seed}"] = (CONFIGS / "dmd2-one-step.yaml", f"tscd-s{seed}", s)
+        runs[f"dmd2-unified-tscd-s{seed}"] = (CONFIGS / "dmd2-unified.yaml", f"tscd-s{seed}", s)
+    for variant, overrides in ABLATIONS.items():
+        runs[f"ablation-{variant}-s0"] = (CONFIGS / "dmd2-one-step.yaml", "tscd-s0",
+                                          [f"stages.0.iterations={ABLATION_ITERATIONS}", *overrides])
+    return runs
+
+
+def init_lora(root: Path, init: str | None) -> Path | None:
+    return None if init is None else root / init / "loras" / "tscd-k1.safetensors"
+
+
+def command(name: str, entry, root: Path) -> str:
+    recipe, init, overrides = entry
+    parts = ["hypersd distill", f"--recipe {recipe.relative_to(ROOT)}", f"--out {(root / name).relative_to(ROOT)}"]
+    parts += [f"--init-lora {init_lora(root, init).relative_to(ROOT)}"] if init else []
+    parts += [f"--set {o}" for o in overrides]
+    return " ".join(parts)
+
+
+def finished(run: Path) -> bool:
+    metrics = run / "metrics.json"
+    return metrics.is_file() and bool(json.loads(metrics.read_text())["stages"])
+
+
+def train(name: str, entry, root: Path, quick: bool) -> None:
+    recipe_file, init, overrides = entry
+    recipe = load_recipe(recipe_file, overrides + (QUICK + _quick_iterations(recipe_file) if quick else []))
+    out = root / name
+    if finished(out):
+        return
+    Run(recipe, TEACHER, out, init_lora=init_lora(root, init), monitor=run_monitor(recipe)).train(
+        resume=has_checkpoint(out))
+
+
+def _quick_iterations(recipe_file: Path) -> list[str]:
+    stages = load_recipe(recipe_file).stages
+    return [f"stages.{i}.iterations=2" for i in range(len(stages))]
+
+
+# ------------------------------------------------------------------ evaluation
+def rows_for(root: Path, names: list[str]) -> list[Row]:
+    rows = [Row("teacher DDIM @50", SampleSettings(steps=50, scheduler="ddim", guidance=TEACHER_GUIDANCE))]
+    for name in names:
+        if name.startswith("tscd-"):
+            continue
+        kind = "unified" if "unified" in name else "one-step-t800"
+        lora = phase_lora(root / name, kind)
+        if kind == "unified":
+            rows += [Row(f"{name} @{s}", SampleSettings(steps=s, scheduler="tcd", guidance=0.0, eta=0.3,
+                                                        loras=[LoraSpec(lora)])) for s in (1, 2, 4, 8)]
+        else:
+            rows.append(Row(f"{name} @1", SampleSettings(steps=1, scheduler="lcm", guidance=0.0, timesteps=[800],
+                                                         loras=[LoraSpec(lora)])))
+    return rows
+
+
+def comparisons(summary: dict, prompts: list[str]) -> list[dict]:
+    """Paired differences: Table 5 (TSCD + DMD2 vs DMD2 alone, per seed) and each ablation vs full DMD2."""
+    rows = {r["label"]: r for r in summary["rows"]}
+    categories = [parse_caption(p).category for p in prompts]
+    pairs = [(f"dmd2-one-step-tscd-s{s} @1", f"dmd2-one-step-base-s{s} @1") for s in (0, 1)]
+    pairs += [("ablation-dmd2-s0 @1", f"ablation-{v}-s0 @1") for v in ABLATIONS if v != "dmd2"]
+    out = []
+    for a, b in pairs:
+        if a in rows and b in rows:
+            bits = [[c == "1" for c in rows[x]["passed"]] for x in (a, b)]
+            d, lo, hi = paired_difference(*bits, categories)
+            out.append({"a": a, "b": b, "difference": d, "ci95": [lo, hi], "verdict": verdict(lo, hi)})
+    return out
+
+
+def curves(root: Path, names: list[str]) -> dict[str, list]:
+    """Quick ShapesEval against training hours, per run and step count (from the runs' logs)."""
+    series = {}
+    for name in names:
+        for label, points in progress_series(read_log(root / name))[1].items():
+            series[f"{name} {label.split(' ', 1)[1]}"] = points
+    return series
+
+
+def markdown(summary: dict) -> str:
+    teacher = next(r for r in summary["rows"] if r["label"] == "teacher DDIM @50")
+    t_acc, t_fd = teacher["shapes_eval"]["overall"], teacher["fd"]
+    lines = ["# DMD2-grade score distillation: one-step model, unified LoRA, Table 5 analogue, ablation", "",
+             f"Teacher `{summary['model']}`, {summary['prompts']} ShapesEval prompts (± half-width of the 95% "
+             f"bootstrap interval over prompts), FD against {summary['real_images']} real renders (± sd over 5 "
+             "bootstrap resamples of the generated set). Ratios are to the teacher's 50-step row.", "",
+             markdown_table(summary), "", "| model | ShapesEval / teacher | FD / teacher | training (h) |",
+             "|---|---|---|---|"]
+    for r in summary["rows"]:
+        hours = summary["training"].get(r["label"].split(" @")[0], {}).get("hours", float("nan"))
+        lines.append(f"| {r['label']} | {r['shapes_eval']['overall'] / t_acc:.2f}x | {r['fd'] / t_fd:.2f}x | "
+                     f"{hours:.2f} |")
+    lines += ["", "Paired comparisons (a - b, 95% interval; inside the interval: tie):", "",
+              "| a | b | a - b | 95% CI | verdict |", "|---|---|---|---|---|"]
+    for c in summary["comparisons"]:
+        lines.append(f"| {c['a']} | {c['b']} | {c['difference']:+.3f} | [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}] "
+                     f"| {c['verdict']} |")
+    lines += ["", "Commands:", ""] + [f"- `{c}`" for c in summary["commands"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(series: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for label, points in sorted(series.items()):
+        ax.plot([h for h, _ in points], [v for _, v in points], marker=".", label=label)
+    ax.set_xlabel("training time (hours, 2-core CPU)")
+    ax.set_ylabel("ShapesEval, 120 prompts")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    quiet_libraries()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--commands", action="store_true", help="print every run's command and exit")
+    parser.add_argument("--train", metavar="NAME", help="train or resume one run of the plan")
+    parser.add_argument("--quick", action="store_true", help="tiny budgets end to end; *-quick files")
+    parser.add_argument("--prompts", type=int, default=600)
+    parser.add_argument("--n-real", type=int, default=2000)
+    args = parser.parse_args()
+    root = RUNS / "long-quick" if args.quick else LONG
+    runs = plan(args.seeds)
+    if args.commands:
+        print("\n".join(command(n, e, root) for n, e in runs.items()))
+        return
+    if args.train or args.quick:
+        for name in [args.train] if args.train else runs:
+            if name not in runs:
+                raise SystemExit(f"unknown run {name!r}; one of: {', '.join(runs)}")
+            train(name, runs[name], root, args.quick)
+        if args.train:
+            return
+    if args.quick:
+        args.prompts, args.n_real = 24, 100
+    done = [n for n in runs if finished(root / n)]
+    prompts = standard_prompts()[: args.prompts]
+    summary = evaluate(TEACHER, rows_for(root, done), prompts, EVALUATOR, RUNS / f"dmd2-eval{'-quick' * args.quick}",
+                       n_real=args.n_real)
+    summary["training"] = {n: {"hours": _hours(root / n)} for n in done}
+    summary["comparisons"] = comparisons(summary, prompts)
+    summary["commands"] = [command(n, runs[n], root) for n in done]
+    summary["curves"] = curves(root, done)
+    stem = write_results(f"dmd2{'-quick' * args.quick}", summary, markdown(summary))
+    plot_curves(summary["curves"], stem.parent / f"{stem.name}-curves.png")
+
+
+def _hours(run: Path) -> float:
+    """Training hours of a run (across resumes), from its last logged step."""
+    times = [r["elapsed_s"] for r in read_log(run) if "elapsed_s" in r]
+    return max(times, default=0.0) / 3600
+
+
+if __name__ == "__main__":
+    main()

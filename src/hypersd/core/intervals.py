@@ -1,0 +1,66 @@
+"""Uncertainty of the benchmark figures: percentile bootstrap over prompts (Efron & Tibshirani 1993,
+ch. 13), paired when two models were sampled on the same prompts and seeds, and the spread of the
+Frechet distance over resamples of the generated set.
+
+A difference whose 95% interval holds 0 is a tie (`verdict`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hypersd.core.metrics import frechet_distance
+
+RESAMPLES = 1000
+FD_RESAMPLES = 5
+
+
+def category_mean(passed: np.ndarray, categories: np.ndarray) -> float:
+    """ShapesEval overall: the mean over the categories present of each category's pass rate."""
+    return float(np.mean([passed[categories == c].mean() for c in np.unique(categories)]))
+
+
+def _indices(n: int, resamples: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+
+
+def bootstrap_interval(passed, categories, resamples: int = RESAMPLES, seed: int = 0,
+                       level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of ShapesEval overall over prompts drawn with replacement."""
+    passed, categories = np.asarray(passed, dtype=float), np.asarray(categories)
+    stats = [category_mean(passed[i], categories[i]) for i in _indices(len(passed), resamples, seed)]
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(stats, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+def paired_difference(passed_a, passed_b, categories, resamples: int = RESAMPLES, seed: int = 0,
+                      level: float = 0.95) -> tuple[float, float, float]:
+    """(a - b, interval low, interval high) of ShapesEval overall for two models judged on the same
+    prompts (and seeds): one resample of prompts serves both, so the shared prompt difficulty cancels."""
+    a, b = np.asarray(passed_a, dtype=float), np.asarray(passed_b, dtype=float)
+    categories = np.asarray(categories)
+    diffs = [category_mean(a[i], categories[i]) - category_mean(b[i], categories[i])
+             for i in _indices(len(a), resamples, seed)]
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(diffs, [tail, 100 - tail])
+    return category_mean(a, categories) - category_mean(b, categories), float(lo), float(hi)
+
+
+def verdict(low: float, high: float) -> str:
+    """'better' / 'worse' when the interval of a - b excludes 0, else 'tie'."""
+    return "better" if low > 0 else "worse" if high < 0 else "tie"
+
+
+def fd_spread(features: np.ndarray, real_features: np.ndarray, resamples: int = FD_RESAMPLES,
+              seed: int = 0) -> float:
+    """Standard deviation of the FD over `resamples` bootstrap resamples of the generated set."""
+    rng = np.random.default_rng(seed)
+    values = [frechet_distance(features[rng.integers(0, len(features), len(features))], real_features)
+              for _ in range(resamples)]
+    return float(np.std(values, ddof=1))
+
+
+def plus_minus(value: float, low: float, high: float, digits: int = 3) -> str:
+    """'0.427 ± 0.020': the value and the half-width of its interval."""
+    return f"{value:.{digits}f} ± {(high - low) / 2:.{digits}f}"

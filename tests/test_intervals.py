@@ -1,0 +1,58 @@
+"""Bootstrap intervals of the benchmark tables (hypersd.core.intervals) and how tables show them."""
+
+import numpy as np
+import pytest
+
+from hypersd.core.intervals import bootstrap_interval, category_mean, fd_spread, paired_difference, plus_minus, verdict
+from hypersd.embedded.evaluator.evaluate import fd_cell, overall_cell
+
+CATS = np.array(["single", "counting", "position"] * 200)
+
+
+def test_interval_of_a_coin_has_the_binomial_width():
+    passed = np.random.default_rng(1).random(600) < 0.5
+    lo, hi = bootstrap_interval(passed, CATS)
+    value = category_mean(passed, CATS)
+    assert lo < value < hi
+    assert (hi - lo) / 2 == pytest.approx(1.96 * np.sqrt(0.25 / 600), rel=0.2)  # ~0.040
+
+
+def test_interval_narrows_with_more_prompts():
+    rng = np.random.default_rng(2)
+    few, many = rng.random(60) < 0.4, rng.random(6000) < 0.4
+    w_few = np.subtract(*bootstrap_interval(few, CATS[:60])[::-1])
+    w_many = np.subtract(*bootstrap_interval(many, np.resize(CATS, 6000))[::-1])
+    assert w_many < w_few / 5
+
+
+def test_category_mean_weights_categories_equally():
+    passed = np.array([1, 1, 1, 0], dtype=float)
+    cats = np.array(["a", "a", "a", "b"])
+    assert category_mean(passed, cats) == 0.5
+
+
+def test_paired_difference_decides_win_tie_and_loss():
+    rng = np.random.default_rng(3)
+    a = rng.random(600) < 0.5
+    d, lo, hi = paired_difference(a, a, CATS)
+    assert (d, lo, hi) == (0.0, 0.0, 0.0) and verdict(lo, hi) == "tie"
+    b = a.copy()
+    b[np.flatnonzero(a)[:3]] = False  # three prompts apart: within the noise
+    assert verdict(*paired_difference(a, b, CATS)[1:]) == "tie"
+    c = a & (rng.random(600) < 0.6)  # loses ~20% of its passes
+    d, lo, hi = paired_difference(a, c, CATS)
+    assert d > 0 and verdict(lo, hi) == "better" and verdict(*paired_difference(c, a, CATS)[1:]) == "worse"
+
+
+def test_fd_spread_is_small_against_a_real_shift():
+    rng = np.random.default_rng(4)
+    real, fake = rng.normal(size=(2000, 8)), rng.normal(size=(600, 8)) + 0.5
+    spread = fd_spread(fake, real)
+    assert 0 < spread < 0.5  # the FD itself is ~2 (8 dims x 0.25)
+
+
+def test_cells_show_value_and_half_width():
+    row = {"shapes_eval": {"overall": 0.4271}, "shapes_eval_ci95": [0.407, 0.447], "fd": 67.21, "fd_spread": 3.14}
+    assert overall_cell(row) == "**0.427** ± 0.020" and fd_cell(row) == "67.2 ± 3.1"
+    assert plus_minus(0.4271, 0.407, 0.447) == "0.427 ± 0.020"
+    assert overall_cell({"shapes_eval": {"overall": 0.5}}) == "**0.500**"  # old results without intervals
