@@ -7,7 +7,9 @@ import json
 import shutil
 from pathlib import Path
 
+from hypersd.core.intervals import paired_difference, verdict
 from hypersd.embedded.evaluator.evaluate import plot_metrics
+from hypersd.shapes.captions import parse_caption
 from hypersd.train.checkpoint import has_checkpoint
 from hypersd.train.outputs import stage_name
 from hypersd.train.run import Run
@@ -47,3 +49,27 @@ def write_results(stem_name: str, summary: dict, markdown: str) -> Path:
     plot_metrics(summary, stem.with_suffix(".png"))
     print(f"wrote {stem}.md")
     return stem
+
+
+def compare_rows(summary: dict, prompts: list[str], pairs: list[tuple[str, str]]) -> list[dict]:
+    """Paired bootstrap of ShapesEval overall, row a minus row b, for the pairs whose rows both exist
+    (same prompts and seeds: one resample of prompts serves both rows)."""
+    rows = {r["label"]: r for r in summary["rows"]}
+    categories = [parse_caption(p).category for p in prompts]
+    out = []
+    for a, b in pairs:
+        if a in rows and b in rows:
+            bits = [[c == "1" for c in rows[x]["passed"]] for x in (a, b)]
+            d, lo, hi = paired_difference(*bits, categories)
+            out.append({"a": a, "b": b, "difference": d, "ci95": [lo, hi], "verdict": verdict(lo, hi)})
+    return out
+
+
+def comparison_table(comparisons: list[dict]) -> list[str]:
+    """Markdown lines: a, b, a - b, its 95% interval and the verdict (an interval holding 0 is a tie)."""
+    lines = ["Paired comparisons (ShapesEval a - b over the same prompts and seeds, 95% bootstrap interval; "
+             "an interval that holds 0 is a tie):", "", "| a | b | a - b | 95% CI | verdict |", "|---|---|---|---|---|"]
+    for c in comparisons:
+        lines.append(f"| {c['a']} | {c['b']} | {c['difference']:+.3f} | [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}] "
+                     f"| {c['verdict']} |")
+    return lines

@@ -24,16 +24,14 @@ import argparse
 import json
 from pathlib import Path
 
-from common import ROOT, RUNS, write_results  # bench/common.py
+from common import ROOT, RUNS, compare_rows, comparison_table, write_results  # bench/common.py
 
 from hypersd.assets import EVALUATOR, TEACHER, TEACHER_GUIDANCE
-from hypersd.core.intervals import paired_difference, verdict
 from hypersd.embedded.evaluator.evaluate import Row, evaluate, markdown_table
 from hypersd.embedded.monitor import run_monitor
 from hypersd.inference.settings import SampleSettings
 from hypersd.lora.files import LoraSpec
 from hypersd.progress import quiet_libraries
-from hypersd.shapes.captions import parse_caption
 from hypersd.shapes.prompts import standard_prompts
 from hypersd.train.checkpoint import has_checkpoint
 from hypersd.train.curves import progress_series, read_log
@@ -120,18 +118,10 @@ def rows_for(root: Path, names: list[str]) -> list[Row]:
 
 
 def comparisons(summary: dict, prompts: list[str]) -> list[dict]:
-    """Paired differences: Table 5 (TSCD + DMD2 vs DMD2 alone, per seed) and each ablation vs full DMD2."""
-    rows = {r["label"]: r for r in summary["rows"]}
-    categories = [parse_caption(p).category for p in prompts]
+    """Table 5 (TSCD + DMD2 vs DMD2 alone, per seed) and each ablation vs full DMD2, paired."""
     pairs = [(f"dmd2-one-step-tscd-s{s} @1", f"dmd2-one-step-base-s{s} @1") for s in (0, 1)]
     pairs += [("ablation-dmd2-s0 @1", f"ablation-{v}-s0 @1") for v in ABLATIONS if v != "dmd2"]
-    out = []
-    for a, b in pairs:
-        if a in rows and b in rows:
-            bits = [[c == "1" for c in rows[x]["passed"]] for x in (a, b)]
-            d, lo, hi = paired_difference(*bits, categories)
-            out.append({"a": a, "b": b, "difference": d, "ci95": [lo, hi], "verdict": verdict(lo, hi)})
-    return out
+    return compare_rows(summary, prompts, pairs)
 
 
 def curves(root: Path, names: list[str]) -> dict[str, list]:
@@ -153,14 +143,10 @@ def markdown(summary: dict) -> str:
              markdown_table(summary), "", "| model | ShapesEval / teacher | FD / teacher | training (h) |",
              "|---|---|---|---|"]
     for r in summary["rows"]:
-        hours = summary["training"].get(r["label"].split(" @")[0], {}).get("hours", float("nan"))
+        hours = summary["training"].get(r["label"].split(" @")[0], {}).get("hours")
         lines.append(f"| {r['label']} | {r['shapes_eval']['overall'] / t_acc:.2f}x | {r['fd'] / t_fd:.2f}x | "
-                     f"{hours:.2f} |")
-    lines += ["", "Paired comparisons (a - b, 95% interval; inside the interval: tie):", "",
-              "| a | b | a - b | 95% CI | verdict |", "|---|---|---|---|---|"]
-    for c in summary["comparisons"]:
-        lines.append(f"| {c['a']} | {c['b']} | {c['difference']:+.3f} | [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}] "
-                     f"| {c['verdict']} |")
+                     f"{'-' if hours is None else f'{hours:.2f}'} |")
+    lines += ["", *comparison_table(summary["comparisons"])]
     lines += ["", "Commands:", ""] + [f"- `{c}`" for c in summary["commands"]]
     return "\n".join(lines) + "\n"
 
@@ -216,7 +202,7 @@ def main() -> None:
     summary["commands"] = [command(n, runs[n], root) for n in done]
     summary["curves"] = curves(root, done)
     stem = write_results(f"dmd2{'-quick' * args.quick}", summary, markdown(summary))
-    plot_curves(summary["curves"], stem.parent / f"{stem.name}-curves.png")
+    plot_curves(summary["curves"], stem.parent / f"dmd2-curves{'-quick' * args.quick}.png")
 
 
 def _hours(run: Path) -> float:

@@ -1,7 +1,7 @@
 """Hyper-SD's Tables 3 (with feedback), 4 and 5 on the shipped teacher: feedback learning, score
 distillation and the unified LoRA.
 
-Reuses the TSCD and TCD-style runs of bench/tscd_ablation.py (bench/runs/{tscd,tcd}) as starting
+Reuses the seed-0 TSCD and TCD-style runs of bench/tscd_ablation.py (bench/runs/long/{tscd,tcd}-s0) as starting
 LoRAs and trains, with the feedback and DMD stages of configs/hyper-sd.yaml:
 
     dmd-base            DMD alone from the base model (no consistency MSE; Table 5's "DMD")
@@ -110,7 +110,8 @@ def main() -> None:
         return
     if args.quick:
         args.prompts, args.n_real = min(args.prompts, 24), min(args.n_real, 100)
-    tscd_run, tcd_run = RUNS / f"tscd{suffix}", RUNS / f"tcd{suffix}"
+    long = RUNS / f"long{suffix}"
+    tscd_run, tcd_run = long / "tscd-s0", long / "tcd-s0"
     for run in (tscd_run, tcd_run):
         if not (run / "loras").is_dir():
             raise SystemExit(f"{run} is missing: run `python bench/tscd_ablation.py{' --quick' if args.quick else ''}` first")

@@ -22,17 +22,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from common import RESULTS, ROOT  # bench/common.py
+from common import RESULTS  # bench/common.py
 
-from hypersd.assets import TEACHER, TEACHER_GUIDANCE
+from hypersd.assets import ONE_STEP_LORA, TEACHER, TEACHER_GUIDANCE, UNIFIED_LORA
 from hypersd.inference.sample import generate
 from hypersd.inference.settings import SampleSettings
 from hypersd.models.pipelines import load_pipeline
 from hypersd.progress import quiet_libraries
 from hypersd.shapes.prompts import standard_prompts
-
-ONE_STEP = ROOT / "assets" / "hypersd-one-step" / "one-step-t800.safetensors"
-UNIFIED = ROOT / "assets" / "hypersd-unified" / "unified.safetensors"
 
 
 def rows(one_step: Path, unified: Path) -> list[tuple[str, SampleSettings, Path | None]]:
@@ -61,8 +58,8 @@ def time_row(pipe, settings: SampleSettings, batch: int, repeats: int) -> float:
 def main() -> None:
     quiet_libraries()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--one-step", type=Path, default=ONE_STEP)
-    parser.add_argument("--unified", type=Path, default=UNIFIED)
+    parser.add_argument("--one-step", type=Path, default=ONE_STEP_LORA)
+    parser.add_argument("--unified", type=Path, default=UNIFIED_LORA)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--out", default="speed")

@@ -4,13 +4,18 @@ Trains (resumes, or reuses finished runs of) three recipes with the same budget 
 then scores every row on the ShapesEval prompt set: ShapesEval accuracy, FD and PSNR against the
 teacher's 50-step sample, at 1, 2, 4 and 8 steps.
 
-    python bench/tscd_ablation.py                   # configs/{tscd,lcm,tcd}.yaml, 600 prompts
+    python bench/tscd_ablation.py                   # configs/{tscd,lcm,tcd}.yaml, seeds 0 and 1, 600 prompts
+    python bench/tscd_ablation.py --seeds 0         # one training seed
     python bench/tscd_ablation.py --quick           # tiny budgets, to check the script end to end
 
 Rows: teacher DDIM at the same step counts (CFG on) and at 50 steps; LCM-style (LCM scheduler),
 TCD-style (TCD scheduler, gamma 0.3), TSCD's final LoRA (DDIM trailing) at 1/2/4/8 steps and each
 TSCD stage's LoRA at its own step count. Distilled rows sample without guidance.
-Writes bench/results/tscd_ablation.{json,md,png}; training runs go to bench/runs/ (not committed).
+Each method is trained with every seed (training.seed: LoRA initialisation, batches, noise); rows are
+labelled with the seed, and TSCD is compared with TCD-style and LCM-style at 2 and 4 steps by a paired
+bootstrap over prompts per seed (an interval holding 0 is a tie).
+Writes bench/results/tscd_ablation.{json,md,png}; training runs go to bench/runs/long/<name>-s<seed>
+(shared with bench/dmd2.py; not committed).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common import ROOT, RUNS, train_or_reuse, write_results  # bench/common.py
+from common import ROOT, RUNS, compare_rows, comparison_table, train_or_reuse, write_results  # bench/common.py
 
 from hypersd.assets import EVALUATOR, TEACHER, TEACHER_GUIDANCE
 from hypersd.embedded.evaluator.evaluate import Row, evaluate
@@ -37,11 +42,12 @@ METHODS = {  # recipe, scheduler and eta each method's LoRA is sampled with
 QUICK = ["stages.0.iterations=4", "data.pool_size=256", "training.batch_size=8"]
 
 
-def train(name: str, model: Path, quick: bool) -> tuple[Path, dict]:
-    """Train configs/<name>.yaml into bench/runs/<name> unless a finished run is there."""
+def train(name: str, seed: int, model: Path, quick: bool) -> tuple[Path, dict]:
+    """Train configs/<name>.yaml with `seed` into bench/runs/long/<name>-s<seed> unless a finished run is there."""
     overrides = QUICK + [f"stages.{i}.iterations=4" for i in range(1, 4)] if quick else []
+    overrides += [f"training.seed={seed}"] if seed else []
     recipe = load_recipe(ROOT / "configs" / f"{name}.yaml", [o for o in overrides if _fits(o, name)])
-    out = RUNS / (name + ("-quick" if quick else ""))
+    out = RUNS / ("long-quick" if quick else "long") / f"{name}-s{seed}"
     return out, train_or_reuse(recipe, model, out)
 
 
@@ -50,12 +56,20 @@ def _fits(override: str, name: str) -> bool:
     return name == "tscd" or not override.startswith(("stages.1", "stages.2", "stages.3"))
 
 
-def rows_for(runs: dict[str, Path]) -> list[Row]:
+def rows_for(runs: dict[tuple[str, int], Path], seeds: list[int]) -> list[Row]:
     rows = [Row(f"teacher DDIM @{s}", SampleSettings(steps=s, scheduler="ddim", guidance=TEACHER_GUIDANCE))
             for s in (*STEPS, 50)]
-    for label, (name, scheduler, eta) in METHODS.items():
-        rows += distilled_rows(runs[name], label, STEPS, scheduler, eta, per_stage=name == "tscd")
+    for seed in seeds:
+        for label, (name, scheduler, eta) in METHODS.items():
+            rows += distilled_rows(runs[name, seed], f"{label} s{seed}", STEPS, scheduler, eta,
+                                   per_stage=name == "tscd")
     return rows
+
+
+def pairs(seeds: list[int]) -> list[tuple[str, str]]:
+    """TSCD against TCD-style and LCM-style at 2 and 4 steps, per seed."""
+    return [(f"TSCD s{seed} @{steps}", f"{other} s{seed} @{steps}")
+            for seed in seeds for steps in (2, 4) for other in ("TCD-style", "LCM-style")]
 
 
 def main() -> None:
@@ -64,18 +78,21 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=TEACHER)
     parser.add_argument("--prompts", type=int, default=600)
     parser.add_argument("--n-real", type=int, default=2000)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds")
     parser.add_argument("--quick", action="store_true", help="tiny budgets; results go to *-quick files")
     args = parser.parse_args()
     if args.quick:
         args.prompts, args.n_real = min(args.prompts, 24), min(args.n_real, 100)
     runs, train_metrics = {}, {}
-    for name in ("tscd", "lcm", "tcd"):
-        runs[name], train_metrics[name] = train(name, args.model, args.quick)
+    for seed in args.seeds:
+        for name in ("tscd", "lcm", "tcd"):
+            runs[name, seed], train_metrics[f"{name}-s{seed}"] = train(name, seed, args.model, args.quick)
     suffix = "-quick" if args.quick else ""
     out = RUNS / f"ablation-eval{suffix}"
-    summary = evaluate(args.model, rows_for(runs), standard_prompts()[: args.prompts], EVALUATOR, out,
-                       n_real=args.n_real)
+    prompts = standard_prompts()[: args.prompts]
+    summary = evaluate(args.model, rows_for(runs, args.seeds), prompts, EVALUATOR, out, n_real=args.n_real)
     summary["training"] = train_metrics
+    summary["comparisons"] = compare_rows(summary, prompts, pairs(args.seeds))
     write_results(f"tscd_ablation{suffix}", summary, markdown(summary))
 
 
@@ -89,6 +106,7 @@ def markdown(summary: dict) -> str:
              markdown_table(summary), "", "Training (same teacher-evaluation budget for every method):", ""]
     for name, metrics in summary["training"].items():
         lines.append(f"- {name}: {metrics.get('train_seconds', float('nan')) / 60:.1f} min")
+    lines += ["", *comparison_table(summary.get("comparisons", []))]
     return "\n".join(lines) + "\n"
 
 

@@ -210,3 +210,25 @@ def test_progress_series_keeps_the_last_value_of_a_step_logged_twice():
 
 def test_plot_progress_without_a_log_draws_nothing(tmp_path):
     assert plot_progress(tmp_path) is None and not (tmp_path / "progress.png").exists()
+
+
+def test_shipped_rows_follow_the_files_metadata(tiny_pipeline_dir, tmp_path):
+    """`make demo` rows of the shipped models sample at the settings written into the files."""
+    from diffusers import UNet2DConditionModel
+
+    from hypersd.embedded.rows import shipped_rows
+    from hypersd.lora.adapters import add_lora
+    from hypersd.lora.files import save_lora
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_pipeline_dir / "unet")
+    add_lora(unet, 2, 2, ["to_q"], name=STUDENT)
+    one = save_lora(tmp_path / "one.safetensors", unet, STUDENT,
+                    inference={"scheduler": "lcm", "steps": 1, "timesteps": [800], "guidance": 0.0})
+    uni = save_lora(tmp_path / "uni.safetensors", unet, STUDENT,
+                    inference={"scheduler": "tcd", "steps": 4, "guidance": 0.0, "eta": 0.3})
+    rows = shipped_rows(one, uni)
+    assert [r.label for r in rows] == ["shipped one-step model @1"] + [f"shipped unified LoRA @{s}" for s in (1, 2, 4, 8)]
+    assert (rows[0].settings.scheduler, rows[0].settings.timesteps) == ("lcm", [800])
+    assert [(r.settings.scheduler, r.settings.steps, r.settings.eta) for r in rows[1:]] == [
+        ("tcd", s, 0.3) for s in (1, 2, 4, 8)]
+    assert shipped_rows(tmp_path / "missing.safetensors", tmp_path / "missing2.safetensors") == []

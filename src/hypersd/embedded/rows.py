@@ -4,11 +4,12 @@ and the benchmarks."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from hypersd.embedded.evaluator.evaluate import Row
 from hypersd.inference.settings import SampleSettings
-from hypersd.lora.files import LoraSpec
+from hypersd.lora.files import LoraSpec, inference_settings
 from hypersd.train.outputs import final_lora, phase_lora, stage_loras
 
 
@@ -45,3 +46,21 @@ def feedback_rows(run: Path, label: str = "TSCD + feedback", steps=(4,)) -> list
         return []
     return [Row(f"{label} @{s}", SampleSettings(steps=s, scheduler="ddim-trailing", guidance=0.0,
                                                  loras=[LoraSpec(lora)])) for s in steps]
+
+
+def shipped_rows(one_step: Path, unified: Path, steps=(1, 2, 4, 8)) -> list[Row]:
+    """The shipped one-step model and unified LoRA at the settings their metadata recommends (the
+    unified one at each step count); a file that is not there gives no row."""
+    rows = []
+    if Path(one_step).is_file():
+        rows.append(Row("shipped one-step model @1", _metadata_settings(one_step)))
+    if Path(unified).is_file():
+        base = _metadata_settings(unified)
+        rows += [Row(f"shipped unified LoRA @{s}", replace(base, steps=s)) for s in steps]
+    return rows
+
+
+def _metadata_settings(lora: Path) -> SampleSettings:
+    info = inference_settings(lora)
+    return SampleSettings(steps=info.get("steps", 1), scheduler=info.get("scheduler", "tcd"), guidance=0.0,
+                          eta=info.get("eta"), timesteps=info.get("timesteps"), loras=[LoraSpec(lora)])
