@@ -328,6 +328,13 @@ def test_lora_export_command_takes_a_run_folder_and_names_bad_input(tiny_pipelin
     assert code == 0 and inference_settings(tmp_path / "d.safetensors") == {"steps": 1}
     code, printed = cli(run, "--format", "onnx", "--out", tmp_path / "x.safetensors")
     assert code == 2 and "--format must be kohya or diffusers" in printed.err and "Traceback" not in printed.err
+    code, printed = cli(run, "--format", "diffusers", "--dtype", "fp16", "--out", tmp_path / "h.safetensors")
+    half, full = load_file(tmp_path / "h.safetensors"), load_file(tmp_path / "d.safetensors")
+    assert code == 0 and "fp16" in printed.out and half.keys() == full.keys()
+    assert all(v.dtype == torch.float16 and torch.equal(v, full[k].half()) for k, v in half.items())
+    assert inference_settings(tmp_path / "h.safetensors") == {"steps": 1}  # metadata kept
+    code, printed = cli(run, "--dtype", "int8", "--out", tmp_path / "y.safetensors")
+    assert code == 2 and "--dtype must be keep, fp32, fp16 or bf16" in printed.err
     (tmp_path / "junk.safetensors").write_bytes(b"nope")
     code, printed = cli(tmp_path / "junk.safetensors", "--out", tmp_path / "y.safetensors")
     assert code == 2 and "not a safetensors file" in printed.err and not (tmp_path / "y.safetensors").exists()

@@ -34,14 +34,17 @@ def lora_merge(a: Path = typer.Argument(..., help="Base LoRA (e.g. TSCD); its in
 def lora_export(source: Path = typer.Argument(..., help="A LoRA file, or a run folder (its unified LoRA, else "
                                                        "its final TSCD LoRA)."),
                 out: Path = typer.Option(..., "--out", help="File to write (.safetensors)."),
-                format: str = typer.Option("kohya", "--format", help="kohya (ComfyUI, A1111) or diffusers.")):
+                format: str = typer.Option("kohya", "--format", help="kohya (ComfyUI, A1111) or diffusers."),
+                dtype: str = typer.Option("keep", "--dtype", help="keep, fp32, fp16 or bf16 (the weights' "
+                                                                  "storage type; fp16 halves the file)")):
     """Export a LoRA for other tools: kohya layout (lora_unet_* keys with alpha) or diffusers (peft keys)."""
     from hypersd.lora.export import export_kohya
-    from hypersd.lora.files import copy_lora
+    from hypersd.lora.files import cast_lora, copy_lora
     from hypersd.lora.merge import read_lora
     from hypersd.train.outputs import final_lora, phase_lora
 
     require(format in ("kohya", "diffusers"), f"--format must be kohya or diffusers, got {format!r}")
+    require(dtype in ("keep", "fp32", "fp16", "bf16"), f"--dtype must be keep, fp32, fp16 or bf16, got {dtype!r}")
     require(out.suffix == ".safetensors", f"--out must end in .safetensors, got {out}")
     if source.is_dir():
         require((source / "loras").is_dir(), f"{source} is neither a LoRA file nor a run folder (no loras/)")
@@ -52,7 +55,9 @@ def lora_export(source: Path = typer.Argument(..., help="A LoRA file, or a run f
     require_writable_dir(out.parent)
     read_lora(source)  # a clear error for anything that is not a LoRA file
     written = export_kohya(source, out) if format == "kohya" else copy_lora(source, out)
-    typer.echo(f"wrote {written} ({format}, from {source})")
+    if dtype != "keep":
+        cast_lora(written, written, dtype)
+    typer.echo(f"wrote {written} ({format}{'' if dtype == 'keep' else ', ' + dtype}, from {source})")
 
 
 @app.command("fuse")

@@ -53,14 +53,14 @@ def shipped_rows(one_step: Path, unified: Path, steps=(1, 2, 4, 8)) -> list[Row]
     unified one at each step count); a file that is not there gives no row."""
     rows = []
     if Path(one_step).is_file():
-        rows.append(Row("shipped one-step model @1", _metadata_settings(one_step)))
+        rows.append(Row("shipped one-step model @1", metadata_settings(one_step)))
     if Path(unified).is_file():
-        base = _metadata_settings(unified)
+        base = metadata_settings(unified)
         rows += [Row(f"shipped unified LoRA @{s}", replace(base, steps=s)) for s in steps]
     return rows
 
 
-def _metadata_settings(lora: Path) -> SampleSettings:
+def metadata_settings(lora: Path) -> SampleSettings:
     info = inference_settings(lora)
     return SampleSettings(steps=info.get("steps", 1), scheduler=info.get("scheduler", "tcd"), guidance=0.0,
                           eta=info.get("eta"), timesteps=info.get("timesteps"), loras=[LoraSpec(lora)])

@@ -94,6 +94,27 @@ def inference_settings(path: Path) -> dict:
     return settings if isinstance(settings, dict) else {}
 
 
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def cast_lora(src: Path, dst: Path, dtype: str) -> Path:
+    """Write `src` to `dst` with every floating tensor in `dtype` (fp32, fp16 or bf16), metadata kept
+    and the dtype recorded in it (`hypersd_dtype`)."""
+    import torch
+    from safetensors import safe_open
+
+    if dtype not in DTYPES:
+        raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    target = getattr(torch, DTYPES[dtype])
+    read_metadata(src)  # one clear error for a missing or malformed file
+    with safe_open(src, "pt") as f:
+        metadata = dict(f.metadata() or {})
+        tensors = {k: (t.to(target) if t.is_floating_point() else t) for k in f.keys() for t in [f.get_tensor(k)]}
+    metadata["hypersd_dtype"] = dtype
+    save_tensors(tensors, Path(dst), metadata, what="LoRA")
+    return Path(dst)
+
+
 def copy_lora(src: Path, dst: Path) -> Path:
     with atomic_file(dst) as tmp:
         shutil.copyfile(src, tmp)

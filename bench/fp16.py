@@ -1,0 +1,80 @@
+"""Does storing a LoRA in fp16 lose anything measurable? The same LoRA in fp32 and cast to fp16,
+sampled at its recommended settings (its metadata) on the same prompts and seeds: ShapesEval with the
+paired difference and its 95% interval, FD, and the per-pixel difference between the two image sets.
+
+    python bench/fp16.py --lora assets/hypersd-one-step/dmd-one-step-t800.safetensors --name one-step
+    python bench/fp16.py --lora L --steps 1 2 4 8 --name unified     # the unified LoRA at each step count
+Writes bench/results/fp16-<name>.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from common import RESULTS, RUNS, compare_rows, comparison_table  # bench/common.py
+
+from hypersd.assets import EVALUATOR, TEACHER
+from hypersd.embedded.evaluator.evaluate import Row, evaluate, markdown_table
+from hypersd.embedded.rows import metadata_settings
+from hypersd.lora.files import LoraSpec, cast_lora
+from hypersd.progress import quiet_libraries
+from hypersd.shapes.prompts import standard_prompts
+
+
+def main() -> None:
+    quiet_libraries()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lora", type=Path, required=True)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--steps", type=int, nargs="+", default=None, help="step counts (default: its metadata's)")
+    parser.add_argument("--prompts", type=int, default=600)
+    parser.add_argument("--n-real", type=int, default=2000)
+    args = parser.parse_args()
+    base = metadata_settings(args.lora)
+    out = RUNS / f"fp16-{args.name}"
+    with tempfile.TemporaryDirectory() as tmp:
+        half = cast_lora(args.lora, Path(tmp) / "fp16.safetensors", "fp16")
+        rows = []
+        for steps in args.steps or [base.steps]:
+            settings = replace(base, steps=steps)
+            rows += [Row(f"fp32 @{steps}", replace(settings, loras=[LoraSpec(args.lora)])),
+                     Row(f"fp16 @{steps}", replace(settings, loras=[LoraSpec(half)]))]
+        prompts = standard_prompts()[: args.prompts]
+        summary = evaluate(TEACHER, rows, prompts, EVALUATOR, out, n_real=args.n_real)
+    steps_list = args.steps or [base.steps]
+    summary["comparisons"] = compare_rows(summary, prompts, [(f"fp16 @{s}", f"fp32 @{s}") for s in steps_list])
+    pixel = {}
+    for s in steps_list:
+        a, b = (np.stack([np.asarray(_image(out, r["samples"], i)) for i in range(len(prompts))])
+                for r in summary["rows"] if r["label"] in (f"fp32 @{s}", f"fp16 @{s}"))
+        diff = np.abs(a.astype(int) - b.astype(int))
+        pixel[s] = {"mean_abs_diff_uint8": float(diff.mean()), "max_abs_diff_uint8": int(diff.max()),
+                    "identical_images": float((diff.reshape(len(a), -1).max(1) == 0).mean())}
+    summary["pixels"] = pixel
+    lines = [f"# fp16 storage of `{args.lora}`", "",
+             f"{len(prompts)} prompts, same seeds; sizes: fp32 {args.lora.stat().st_size / 1e6:.2f} MB.", "",
+             markdown_table(summary), "", *comparison_table(summary["comparisons"]), "",
+             "| steps | mean abs pixel difference (0-255) | max | images identical |", "|---|---|---|---|"]
+    lines += [f"| {s} | {p['mean_abs_diff_uint8']:.3f} | {p['max_abs_diff_uint8']} | {p['identical_images']:.2f} |"
+              for s, p in pixel.items()]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"fp16-{args.name}.json").write_text(json.dumps(summary, indent=2))
+    (RESULTS / f"fp16-{args.name}.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {RESULTS / f'fp16-{args.name}.md'}")
+
+
+def _image(out: Path, samples: str, i: int):
+    from PIL import Image
+
+    folder = out / samples
+    record = json.loads((folder / "samples.jsonl").read_text().splitlines()[i])
+    return Image.open(folder / record["file"]).convert("RGB")
+
+
+if __name__ == "__main__":
+    main()
