@@ -7,7 +7,10 @@ The runs live in bench/runs/long/<name> and are trained by the CLI (in the backg
     dmd2-one-step-base-s{seed}     configs/dmd2-one-step.yaml from the base model (Table 5: "DMD alone")
     dmd2-one-step-tscd-s{seed}     configs/dmd2-one-step.yaml from tscd-s{seed}'s k1 LoRA ("TSCD + DMD")
     dmd2-unified-tscd-s{seed}      configs/dmd2-unified.yaml from tscd-s{seed}'s k1 LoRA
-    ablation-<variant>-s0          dmd2-one-step-tscd with one DMD2 addition switched off, a shorter budget
+    ablation-<variant>-s0          dmd2-one-step-tscd with one DMD2 addition switched off, a shorter budget,
+                                   against dmd2-one-step-tscd-s0's snapshot at that step
+                                   (ttur-1-same-time: one fake update per step, 3x the steps: about the
+                                   same wall time as the 5-update run)
 
     python bench/dmd2.py --commands          # the command of every run, in order (seed 1: --set training.seed=1)
     python bench/dmd2.py --train NAME        # train (or resume) one run in the foreground
@@ -35,20 +38,23 @@ from hypersd.progress import quiet_libraries
 from hypersd.shapes.prompts import standard_prompts
 from hypersd.train.checkpoint import has_checkpoint
 from hypersd.train.curves import progress_series, read_log
-from hypersd.train.outputs import phase_lora
+from hypersd.train.outputs import phase_lora, snapshot_lora
 from hypersd.train.recipe import load_recipe
 from hypersd.train.run import Run
 
 LONG = RUNS / "long"
 CONFIGS = ROOT / "configs"
 ABLATION_ITERATIONS = 300
-ABLATIONS = {  # variant -> overrides of configs/dmd2-one-step.yaml (from the TSCD LoRA)
-    "dmd2": [],
+ABLATIONS = {  # variant -> overrides of configs/dmd2-one-step.yaml (from the TSCD LoRA); full DMD2 at this
+    # budget is the long run dmd2-one-step-tscd-s0's own LoRA at step ABLATION_ITERATIONS (its snapshot:
+    # the same recipe, seed and constant learning rate, so the same weights a 300-step run would end with)
     "no-gan": ["stages.0.dmd.gan_weight=0", "stages.0.dmd.gan_classifier_weight=0"],
     "ttur-1": ["stages.0.dmd.fake_updates=1"],
+    "ttur-1-same-time": ["stages.0.dmd.fake_updates=1", f"stages.0.iterations={3 * ABLATION_ITERATIONS}"],
     "with-mse": ["stages.0.mse_weight=1.0"],
     "dmd": ["stages.0.dmd.fake_updates=1", "stages.0.dmd.gan_weight=0", "stages.0.dmd.gan_classifier_weight=0"],
 }
+FULL_AT_ABLATION = f"dmd2-one-step-tscd-s0 @1, step {ABLATION_ITERATIONS}"
 QUICK = ["training.batch_size=4", "data.pool_size=64", "stages.0.dmd.batch_size=2", "training.eval_every=2",
          "training.eval_prompts=8", "training.checkpoint_every=2"]
 
@@ -103,6 +109,10 @@ def _quick_iterations(recipe_file: Path) -> list[str]:
 # ------------------------------------------------------------------ evaluation
 def rows_for(root: Path, names: list[str]) -> list[Row]:
     rows = [Row("teacher DDIM @50", SampleSettings(steps=50, scheduler="ddim", guidance=TEACHER_GUIDANCE))]
+    snapshot = snapshot_lora(root / "dmd2-one-step-tscd-s0", "one-step-t800", ABLATION_ITERATIONS)
+    if snapshot is not None:
+        rows.append(Row(FULL_AT_ABLATION, SampleSettings(steps=1, scheduler="lcm", guidance=0.0, timesteps=[800],
+                                                          loras=[LoraSpec(snapshot)])))
     for name in names:
         if name.startswith("tscd-"):
             continue
@@ -120,7 +130,7 @@ def rows_for(root: Path, names: list[str]) -> list[Row]:
 def comparisons(summary: dict, prompts: list[str]) -> list[dict]:
     """Table 5 (TSCD + DMD2 vs DMD2 alone, per seed) and each ablation vs full DMD2, paired."""
     pairs = [(f"dmd2-one-step-tscd-s{s} @1", f"dmd2-one-step-base-s{s} @1") for s in (0, 1)]
-    pairs += [("ablation-dmd2-s0 @1", f"ablation-{v}-s0 @1") for v in ABLATIONS if v != "dmd2"]
+    pairs += [(FULL_AT_ABLATION, f"ablation-{v}-s0 @1") for v in ABLATIONS]
     return compare_rows(summary, prompts, pairs)
 
 
@@ -143,7 +153,7 @@ def markdown(summary: dict) -> str:
              markdown_table(summary), "", "| model | ShapesEval / teacher | FD / teacher | training (h) |",
              "|---|---|---|---|"]
     for r in summary["rows"]:
-        hours = summary["training"].get(r["label"].split(" @")[0], {}).get("hours")
+        hours = None if ", step" in r["label"] else summary["training"].get(r["label"].split(" @")[0], {}).get("hours")
         lines.append(f"| {r['label']} | {r['shapes_eval']['overall'] / t_acc:.2f}x | {r['fd'] / t_fd:.2f}x | "
                      f"{'-' if hours is None else f'{hours:.2f}'} |")
     lines += ["", *comparison_table(summary["comparisons"])]

@@ -183,8 +183,15 @@ def test_quick_eval_logs_every_learned_step_count_and_draws_progress(tiny_pipeli
         return 0.25
 
     recipe = _recipe(tmp_path, "backward_simulation: [1, 2], fake_updates: 1", iterations=4,
-                     extra=["training.eval_every=2", "training.log_every=1"])
+                     extra=["training.eval_every=2", "training.log_every=1", "training.save_lora_every=2"])
     Run(recipe, tiny_pipeline_dir, tmp_path / "run", monitor=monitor).train()
+    snaps = sorted(p.name for p in (tmp_path / "run" / "snapshots").iterdir())
+    assert snaps == ["unified-0000002.safetensors", "unified-0000004.safetensors"]
+    last, final = (load_file(tmp_path / "run" / f) for f in ("snapshots/unified-0000004.safetensors",
+                                                            "loras/dmd-unified.safetensors"))
+    assert all(torch.equal(last[k], final[k]) for k in final)
+    first = load_file(tmp_path / "run" / "snapshots" / "unified-0000002.safetensors")
+    assert any(not torch.equal(first[k], final[k]) for k in final)
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     evals = [r for r in log if r.get("event") == "quick_eval"]
     assert [r["step"] for r in evals] == [2, 4] and evals[0]["scores"] == {"@1": 0.25, "@2": 0.25}

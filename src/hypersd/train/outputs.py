@@ -87,3 +87,9 @@ def phase_lora(run: Path, name: str) -> Path | None:
         if path.is_file():
             return path
     return None
+
+
+def snapshot_lora(run: Path, stage: str, step: int) -> Path | None:
+    """The student LoRA a run kept at `step` of stage `stage` (training.save_lora_every), if there is one."""
+    path = Path(run) / "snapshots" / f"{stage}-{step:07d}.safetensors"
+    return path if path.is_file() else None

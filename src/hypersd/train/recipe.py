@@ -184,6 +184,8 @@ class Training:
                                       # the student on eval_prompts standard prompts, logged and plotted in
                                       # RUN/progress.png (`hypersd distill`; the Shapes evaluator)
     eval_prompts: int = 120
+    save_lora_every: int = 0          # also keep the student LoRA every N steps of a stage in RUN/snapshots/
+                                      # (quality against training time; ablations at a shorter budget); 0 = no
     seed: int = 0
 
     def validate(self, where: str) -> None:
@@ -193,7 +195,8 @@ class Training:
         _require(self.frozen_precision in ("auto", "fp32"), where, "frozen_precision must be auto or fp32")
         _require(self.optimizer in ("adamw", "adamw8bit"), where, "optimizer must be adamw or adamw8bit")
         _require(self.checkpoint_every >= 1 and self.log_every >= 1, where, "checkpoint_every, log_every >= 1")
-        _require(self.eval_every >= 0 and self.eval_prompts >= 1, where, "eval_every must be >= 0, eval_prompts >= 1")
+        _require(self.eval_every >= 0 and self.eval_prompts >= 1 and self.save_lora_every >= 0, where,
+                 "eval_every and save_lora_every must be >= 0, eval_prompts >= 1")
 
 
 @dataclass

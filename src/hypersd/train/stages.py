@@ -121,9 +121,18 @@ class StageLoop:
                 spent = time.time()
                 self.quick_eval(step + 1)
                 tick += time.time() - spent  # evaluation time is not training time
+            if rec.save_lora_every and (step + 1) % rec.save_lora_every == 0:
+                self.snapshot(step + 1)
             if (step + 1) % rec.checkpoint_every == 0 or step == stage.iterations - 1:
                 run.checkpoint(self.optimizer, index, step + 1)
         return StageResult(True, ran, sum(recent) / max(len(recent), 1), time.time() - tick, self.start)
+
+    def snapshot(self, step: int) -> None:
+        """RUN/snapshots/<stage>-<step>.safetensors: the student LoRA as the stage's file would hold it now."""
+        run = self.run
+        if run.accelerator.is_main_process and not run.trains_unet(self.index):
+            path = run.out / "snapshots" / f"{stage_name(self.stage)}-{step:07d}.safetensors"
+            _save_student(run, self.index, self.stage, path)
 
     def quick_eval(self, step: int) -> None:
         """The run's monitor (e.g. ShapesEval on 120 prompts) on the student as it is now, at each
