@@ -58,7 +58,9 @@ def compare_rows(summary: dict, prompts: list[str], pairs: list[tuple[str, str]]
     categories = [parse_caption(p).category for p in prompts]
     out = []
     for a, b in pairs:
-        if a in rows and b in rows:
+        if a not in rows or b not in rows:
+            print(f"comparison {a!r} vs {b!r} skipped: {'no row ' + repr(a) if a not in rows else 'no row ' + repr(b)}")
+        else:
             bits = [[c == "1" for c in rows[x]["passed"]] for x in (a, b)]
             d, lo, hi = paired_difference(*bits, categories)
             out.append({"a": a, "b": b, "difference": d, "ci95": [lo, hi], "verdict": verdict(lo, hi)})

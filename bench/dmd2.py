@@ -54,8 +54,8 @@ ABLATIONS = {  # variant -> overrides of configs/dmd2-one-step.yaml (from the TS
     "with-mse": ["stages.0.mse_weight=1.0"],
     "dmd": ["stages.0.dmd.fake_updates=1", "stages.0.dmd.gan_weight=0", "stages.0.dmd.gan_classifier_weight=0"],
 }
-FULL_AT_ABLATION = f"dmd2-one-step-tscd-s0 @1, step {ABLATION_ITERATIONS}"
-QUICK = ["training.batch_size=4", "data.pool_size=64", "stages.0.dmd.batch_size=2", "training.eval_every=2",
+FULL_AT_ABLATION = "dmd2-one-step-tscd-s0 @1, at the ablation budget"
+QUICK = ["training.save_lora_every=1", "training.batch_size=4", "data.pool_size=64", "stages.0.dmd.batch_size=2", "training.eval_every=2",
          "training.eval_prompts=8", "training.checkpoint_every=2"]
 
 
@@ -87,8 +87,11 @@ def command(name: str, entry, root: Path) -> str:
 
 
 def finished(run: Path) -> bool:
-    metrics = run / "metrics.json"
-    return metrics.is_file() and bool(json.loads(metrics.read_text())["stages"])
+    """Every stage of the run's own recipe has ended (metrics.json is written after each stage)."""
+    metrics, recipe = run / "metrics.json", run / "recipe.yaml"
+    if not (metrics.is_file() and recipe.is_file()):
+        return False
+    return len(json.loads(metrics.read_text())["stages"]) == len(load_recipe(recipe).stages)
 
 
 def train(name: str, entry, root: Path, quick: bool) -> None:
@@ -107,9 +110,9 @@ def _quick_iterations(recipe_file: Path) -> list[str]:
 
 
 # ------------------------------------------------------------------ evaluation
-def rows_for(root: Path, names: list[str]) -> list[Row]:
+def rows_for(root: Path, names: list[str], ablation_step: int = ABLATION_ITERATIONS) -> list[Row]:
     rows = [Row("teacher DDIM @50", SampleSettings(steps=50, scheduler="ddim", guidance=TEACHER_GUIDANCE))]
-    snapshot = snapshot_lora(root / "dmd2-one-step-tscd-s0", "one-step-t800", ABLATION_ITERATIONS)
+    snapshot = snapshot_lora(root / "dmd2-one-step-tscd-s0", "one-step-t800", ablation_step)
     if snapshot is not None:
         rows.append(Row(FULL_AT_ABLATION, SampleSettings(steps=1, scheduler="lcm", guidance=0.0, timesteps=[800],
                                                           loras=[LoraSpec(snapshot)])))
@@ -205,7 +208,7 @@ def main() -> None:
         args.prompts, args.n_real = 24, 100
     done = [n for n in runs if finished(root / n)]
     prompts = standard_prompts()[: args.prompts]
-    summary = evaluate(TEACHER, rows_for(root, done), prompts, EVALUATOR, RUNS / f"dmd2-eval{'-quick' * args.quick}",
+    summary = evaluate(TEACHER, rows_for(root, done, 2 if args.quick else ABLATION_ITERATIONS), prompts, EVALUATOR, RUNS / f"dmd2-eval{'-quick' * args.quick}",
                        n_real=args.n_real)
     summary["training"] = {n: {"hours": _hours(root / n)} for n in done}
     summary["comparisons"] = comparisons(summary, prompts)

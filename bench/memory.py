@@ -110,8 +110,7 @@ def _loss(mode: str, model, unet, x0, cond, uncond):
     elif mode == "tscd":
         loss = TSCD(model, Stage(segments=4), student=STUDENT, target=TARGET).losses(x0, cond, uncond)["loss"]
     else:
-        stage = Stage(method="dmd", segments=1)  # DMD as the rows were measured: one fake update, no GAN head
-        stage.dmd.fake_updates, stage.dmd.gan_weight, stage.dmd.gan_classifier_weight = 1, 0.0, 0.0
+        stage = Stage(method="dmd", segments=1)
         fake_optimizer = torch.optim.AdamW([p for k, p in unet.named_parameters() if f".{FAKE}." in k], lr=1e-5)
         step = ScoreDistillation(model, stage, STUDENT, TARGET, fake_optimizer)
         unet.set_adapter(STUDENT)

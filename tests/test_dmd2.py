@@ -239,3 +239,35 @@ def test_shipped_rows_follow_the_files_metadata(tiny_pipeline_dir, tmp_path):
     assert [(r.settings.scheduler, r.settings.steps, r.settings.eta) for r in rows[1:]] == [
         ("tcd", s, 0.3) for s in (1, 2, 4, 8)]
     assert shipped_rows(tmp_path / "missing.safetensors", tmp_path / "missing2.safetensors") == []
+
+
+def test_gan_gradient_is_right_with_gradient_checkpointing(tiny_pipeline_dir):
+    """The head's features run with the fake adapter, backward after the student is active again:
+    with gradient checkpointing on, a recomputed block would use the wrong adapters. The gradient into
+    x must equal the one without checkpointing."""
+    from hypersd.lora.adapters import add_lora
+    from hypersd.models.discriminator import LatentDiscriminator
+    from hypersd.models.sd import load_model
+
+    model = load_model(tiny_pipeline_dir, device="cpu")
+    targets = ["to_q", "to_v", "conv1", "conv2"]
+    add_lora(model.unet, 2, 2, targets, name=STUDENT)
+    add_lora(model.unet, 3, 3, targets, name=FAKE)
+    torch.manual_seed(1)
+    for name, p in model.unet.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.1)
+    model.unet.set_adapter(STUDENT)
+    head = LatentDiscriminator(model.unet, adapter=FAKE)
+    cond = model.encode_prompts(["a red circle", "a blue square"])
+    t = torch.tensor([300, 600])
+
+    def grad(checkpointing: bool):
+        model.unet.enable_gradient_checkpointing() if checkpointing else model.unet.disable_gradient_checkpointing()
+        model.unet.train()
+        x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0), requires_grad=True)
+        logit = head(model, x, t, cond)  # the fake adapter inside, the student's again afterwards
+        logit.sum().backward()
+        return x.grad
+
+    torch.testing.assert_close(grad(True), grad(False))

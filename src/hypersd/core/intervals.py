@@ -1,5 +1,5 @@
-"""Uncertainty of the benchmark figures: percentile bootstrap over prompts (Efron & Tibshirani 1993,
-ch. 13), paired when two models were sampled on the same prompts and seeds, and the spread of the
+"""Uncertainty of the benchmark figures: percentile bootstrap over prompts, stratified by category
+(Efron & Tibshirani 1993, ch. 13), paired when two models were sampled on the same prompts and seeds, and the spread of the
 Frechet distance over resamples of the generated set.
 
 A difference whose 95% interval holds 0 is a tie (`verdict`).
@@ -20,15 +20,22 @@ def category_mean(passed: np.ndarray, categories: np.ndarray) -> float:
     return float(np.mean([passed[categories == c].mean() for c in np.unique(categories)]))
 
 
-def _indices(n: int, resamples: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+def _indices(categories: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    """(resamples, n) prompt indices drawn with replacement within each category (a stratified
+    bootstrap: every resample keeps the prompt set's category sizes, as the overall score weights them)."""
+    rng = np.random.default_rng(seed)
+    columns = []
+    for c in np.unique(categories):
+        members = np.flatnonzero(categories == c)
+        columns.append(members[rng.integers(0, len(members), size=(resamples, len(members)))])
+    return np.concatenate(columns, axis=1)
 
 
 def bootstrap_interval(passed, categories, resamples: int = RESAMPLES, seed: int = 0,
                        level: float = 0.95) -> tuple[float, float]:
     """Percentile interval of ShapesEval overall over prompts drawn with replacement."""
     passed, categories = np.asarray(passed, dtype=float), np.asarray(categories)
-    stats = [category_mean(passed[i], categories[i]) for i in _indices(len(passed), resamples, seed)]
+    stats = [category_mean(passed[i], categories[i]) for i in _indices(categories, resamples, seed)]
     tail = (1 - level) / 2 * 100
     lo, hi = np.percentile(stats, [tail, 100 - tail])
     return float(lo), float(hi)
@@ -41,7 +48,7 @@ def paired_difference(passed_a, passed_b, categories, resamples: int = RESAMPLES
     a, b = np.asarray(passed_a, dtype=float), np.asarray(passed_b, dtype=float)
     categories = np.asarray(categories)
     diffs = [category_mean(a[i], categories[i]) - category_mean(b[i], categories[i])
-             for i in _indices(len(a), resamples, seed)]
+             for i in _indices(categories, resamples, seed)]
     tail = (1 - level) / 2 * 100
     lo, hi = np.percentile(diffs, [tail, 100 - tail])
     return category_mean(a, categories) - category_mean(b, categories), float(lo), float(hi)

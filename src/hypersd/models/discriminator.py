@@ -10,6 +10,8 @@ the frozen encoder into the generator's prediction.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -70,5 +72,21 @@ class LatentDiscriminator(nn.Module):
         return torch.stack([head(f, text) for head, f in zip(self.heads, features)]).mean(0)
 
     def features(self, model, x, t, cond) -> list[torch.Tensor]:
-        with model.using_lora(self.adapter):
+        """The encoder's feature maps with the head's adapter(s) active. Computed without gradient
+        checkpointing: backward runs after the caller has switched the adapters back, and a
+        checkpointed block would recompute its forward with the wrong ones."""
+        with model.using_lora(self.adapter), without_checkpointing(model.unet):
             return unet_encoder_features(model.unet, x, t, cond)
+
+
+@contextlib.contextmanager
+def without_checkpointing(module: nn.Module):
+    """Turn off diffusers' per-block gradient checkpointing inside the block (restored after)."""
+    flagged = [m for m in module.modules() if getattr(m, "gradient_checkpointing", False) is True]
+    for m in flagged:
+        m.gradient_checkpointing = False
+    try:
+        yield
+    finally:
+        for m in flagged:
+            m.gradient_checkpointing = True

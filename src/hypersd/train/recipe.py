@@ -60,12 +60,12 @@ class ScoreDistillation:
     dmd_weight: float = 1.0
     fake_rank: int = 16               # the fake score: a LoRA on the same frozen base
     fake_learning_rate: float = 1e-4
-    fake_updates: int = 5             # fake-score updates per generator update: DMD2's two time-scale update
-                                      # rule (sec. 4.2; 5 there); 1 = DMD's alternation
-    gan_weight: float = 5e-3          # generator's non-saturating GAN loss of the classifier head on the fake
-                                      # score's encoder features (DMD2 sec. 4.3; its SDXL value); 0 = no head
-    gan_classifier_weight: float = 1e-2  # the head's real-vs-generated loss in the fake score's update (it also
-                                      # shapes the fake LoRA, as in DMD2; its value)
+    fake_updates: int = 1             # fake-score updates per generator update: 1 = DMD's alternation; DMD2's
+                                      # two time-scale update rule uses 5 (sec. 4.2; configs/dmd2-*.yaml)
+    gan_weight: float = 0.0           # generator's non-saturating GAN loss of the classifier head on the fake
+                                      # score's encoder features (DMD2 sec. 4.3: 5e-3); 0 = no head
+    gan_classifier_weight: float = 0.0  # the head's real-vs-generated loss in the fake score's update (it also
+                                      # shapes the fake LoRA, as in DMD2: 1e-2)
     backward_simulation: list[int] = field(default_factory=list)  # n-step schedules whose intermediate inputs
                                       # come from the student's own sampler (DMD2 sec. 4.5), e.g. [1, 2, 4] for
                                       # the unified LoRA; [] = the generator reads pure noise at generator_timestep
