@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: demo test test-slow install clean
+.PHONY: demo test test-slow install clean app
 
 $(BIN)/hypersd: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,12 +14,18 @@ $(BIN)/hypersd: pyproject.toml
 	# the CPU build of torch (pinned; the machine image carries its wheel), before anything that needs torch
 	$(BIN)/pip install --quiet "torch==2.13.0"
 	$(BIN)/pip install --quiet -e ".[test]"
+	# Debian's chromium for the browser tests of `hypersd app` (Playwright drives it; nothing is downloaded)
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -q && apt-get install -y -q chromium; } \
+		|| echo "chromium is not installed: the browser tests will be skipped (apt-get install chromium)"
 	touch $@
 
 install: $(BIN)/hypersd
 
 demo: install
 	$(BIN)/hypersd demo --out runs/demo
+
+app: install
+	$(BIN)/hypersd app
 
 test: install
 	$(BIN)/python -m pytest -q --durations=15

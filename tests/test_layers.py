@@ -13,7 +13,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "hypersd"
 # lowest first; a group may import itself and any group of a lower rank, nothing else
 RANKS = {"base": 0, "core": 1, "shapes": 1, "models": 2, "lora": 3, "data": 3, "inference": 4, "rewards": 4,
-         "train": 5, "embedded": 6, "cli": 7}
+         "train": 5, "embedded": 6, "app": 6, "cli": 7}
 BASE = {"hypersd", "hypersd.errors", "hypersd.io", "hypersd.options", "hypersd.progress", "hypersd.assets"}
 
 

@@ -14,6 +14,7 @@ DEMO_RECIPE = ROOT / "configs" / "demo-hyper.yaml"
 # The shipped distilled models of the teacher (assets/README.md: command, seed, run time of each)
 ONE_STEP_LORA = ASSETS / "hypersd-one-step" / "dmd-one-step-t800.safetensors"  # LCM at timesteps [800]
 UNIFIED_LORA = ASSETS / "hypersd-unified" / "dmd-unified.safetensors"           # TCD, eta 0.3, 1-8 steps
+SCRIBBLE_CONTROLNET = ASSETS / "controlnet-scribble"                              # diffusers ControlNet folder
 
 # Classifier-free guidance scale at which the shipped teacher is evaluated (its 50-step DDIM
 # reference, the teacher rows of every table, and the teacher target of distillation).

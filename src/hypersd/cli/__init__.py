@@ -6,6 +6,7 @@
   lora.py      hypersd lora merge|export|fuse
   rewards.py   hypersd rewards ...
   embedded.py  hypersd pretrain, hypersd evaluator train|check
+  app.py       hypersd app (the web demos)
   common.py    option parsers and helpers shared by the verbs
 
 Each verb imports the library modules it runs inside its own body, so that `hypersd --help` and a
@@ -26,6 +27,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import typer  # noqa: E402
 
+from hypersd.cli import app as app_verb  # noqa: E402
 from hypersd.cli import data, distill, embedded, lora, rewards, sample  # noqa: E402
 from hypersd.errors import UserError  # noqa: E402
 from hypersd.options import configure_loading  # noqa: E402
@@ -39,7 +41,7 @@ app.add_typer(rewards.app, name="rewards")
 app.add_typer(lora.app, name="lora")
 for command, name in ((embedded.pretrain, "pretrain"), (sample.sample, "sample"), (sample.generate, "generate"),
                       (sample.eval_cmd, "eval"), (distill.distill, "distill"), (distill.demo, "demo"),
-                      (data.cache_cmd, "cache")):
+                      (data.cache_cmd, "cache"), (app_verb.app_cmd, "app")):
     app.command(name)(command)
 
 
