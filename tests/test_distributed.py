@@ -198,7 +198,7 @@ def test_only_process_0_writes_the_run_folder(launched):
     written = {re.sub(r"^\.(.+)\.(tmp|old)-\w+$", r"\1", path.split(os.sep)[0]) for _, path in r0["writes"]}
     assert {"recipe.yaml", "log.jsonl", "checkpoints", "loras", "samples", "metrics.json"} <= written
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "log.jsonl", "loras", "metrics.json",
-                                                     "recipe.yaml", "samples"]
+                                                     "progress.png", "recipe.yaml", "samples"]
     assert sorted(p.name for p in (out / "loras").iterdir()) == [
         "dmd-unified.safetensors", "tscd-k1.safetensors", "tscd-k2.safetensors"]
     assert sorted(p.name for p in latest_checkpoint(out).iterdir()) == [
