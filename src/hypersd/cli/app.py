@@ -39,6 +39,7 @@ def app_cmd(host: str = typer.Option("127.0.0.1", help="Address to listen on (lo
     require(controlnet is None or (controlnet / "config.json").is_file(),
             f"--controlnet {controlnet}: not a diffusers ControlNet folder (no config.json)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own start-up probes
     models = offered_models(one_step or assets.ONE_STEP_LORA, unified or assets.UNIFIED_LORA, assets.TEACHER_GUIDANCE)
     service = AppService(model, models, controlnet, capacity)
     typer.echo(f"serving on http://{host}:{port} (Ctrl-C stops)")
