@@ -5,7 +5,7 @@
   distill.py   hypersd distill, demo
   lora.py      hypersd lora merge|export|fuse
   rewards.py   hypersd rewards ...
-  embedded.py  hypersd pretrain, hypersd evaluator train|check
+  embedded.py  hypersd pretrain, hypersd evaluator train|check, hypersd controlnet train
   app.py       hypersd app (the web demos)
   common.py    option parsers and helpers shared by the verbs
 
@@ -37,6 +37,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Hyper-SD: distill diffusion models into 1-8 step generators.")
 app.add_typer(data.app, name="data")
 app.add_typer(embedded.evaluator_app, name="evaluator")
+app.add_typer(embedded.controlnet_app, name="controlnet")
 app.add_typer(rewards.app, name="rewards")
 app.add_typer(lora.app, name="lora")
 for command, name in ((embedded.pretrain, "pretrain"), (sample.sample, "sample"), (sample.generate, "generate"),

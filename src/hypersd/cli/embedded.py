@@ -75,3 +75,39 @@ def evaluator_check(n: int = typer.Option(1000, "--n", help="Number of real imag
     table = accuracy_table(judge_images(ShapesDetector.load(folder), render_array(scenes),
                                         [s.caption for s in scenes]))
     typer.echo(json.dumps({k: round(v, 4) for k, v in table.items()}))
+
+
+controlnet_app = typer.Typer(no_args_is_help=True, help="ControlNets for the shipped teacher.")
+
+
+@controlnet_app.command("train")
+def controlnet_train(control: str = typer.Option("scribble", help="Control type (scribble)."),
+                     out: Path = typer.Option(Path("runs/controlnet-scribble"), help="Run folder (checkpoints; "
+                                                                                   "the ControlNet in out/controlnet)."),
+                     model: Optional[Path] = typer.Option(None, help="Teacher pipeline folder (default: shipped)."),
+                     steps: int = typer.Option(3000, help="Training steps."),
+                     batch: int = typer.Option(32, help="Scenes per step."),
+                     lr: float = typer.Option(1e-4, help="Learning rate."),
+                     caption_dropout: float = typer.Option(0.1, help="Chance of the empty prompt per scene."),
+                     checkpoint_every: int = typer.Option(200, help="Steps between checkpoints."),
+                     seed: int = typer.Option(0, help="Random seed."),
+                     resume: bool = typer.Option(False, help="Continue from the run folder's latest checkpoint.")):
+    """Train a ControlNet on Shapes scenes paired with hand-like scribbles of their objects
+    (`ControlNetModel.from_unet` of the teacher; the teacher stays frozen)."""
+    from hypersd import assets
+    from hypersd.embedded.controlnet_train import ControlNetTrainConfig, train_controlnet
+    from hypersd.io import mark_output_dir
+    from hypersd.train.checkpoint import has_checkpoint
+
+    require(control == "scribble", f"--control must be scribble, got {control!r}")
+    require(steps > 0 and batch > 0 and checkpoint_every > 0, "--steps, --batch and --checkpoint-every must be positive")
+    require(lr > 0 and 0 <= caption_dropout < 1, "--lr must be > 0 and --caption-dropout in [0, 1)")
+    model = require_model_folder(model or assets.TEACHER)
+    require(resume or not has_checkpoint(out), f"{out} already holds a run; pass --resume or choose another --out")
+    if not resume:
+        output_folder(out, False)
+        out.mkdir(parents=True, exist_ok=True)
+        mark_output_dir(out)
+    cfg = ControlNetTrainConfig(steps=steps, batch=batch, learning_rate=lr, caption_dropout=caption_dropout,
+                                checkpoint_every=checkpoint_every, seed=seed)
+    train_controlnet(model, out, cfg, resume=resume, log=typer.echo)
