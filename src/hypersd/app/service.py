@@ -5,7 +5,6 @@ bounded request gate, and generation through the library's own functions (the CL
 from __future__ import annotations
 
 import contextlib
-import logging
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -17,8 +16,6 @@ from PIL import Image
 from hypersd.errors import UserError, require
 from hypersd.inference.settings import SampleSettings, resolve_settings
 from hypersd.lora.files import LoraSpec
-
-log = logging.getLogger("hypersd.app")
 
 MAX_PROMPT_CHARS = 200
 MAX_IMAGES = 4

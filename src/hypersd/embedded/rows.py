@@ -8,8 +8,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from hypersd.embedded.evaluator.evaluate import Row
-from hypersd.inference.settings import SampleSettings
-from hypersd.lora.files import LoraSpec, inference_settings
+from hypersd.inference.settings import SampleSettings, resolve_settings
+from hypersd.lora.files import LoraSpec
 from hypersd.train.outputs import final_lora, phase_lora, stage_loras
 
 
@@ -61,6 +61,8 @@ def shipped_rows(one_step: Path, unified: Path, steps=(1, 2, 4, 8)) -> list[Row]
 
 
 def metadata_settings(lora: Path) -> SampleSettings:
-    info = inference_settings(lora)
-    return SampleSettings(steps=info.get("steps", 1), scheduler=info.get("scheduler", "tcd"), guidance=0.0,
-                          eta=info.get("eta"), timesteps=info.get("timesteps"), loras=[LoraSpec(lora)])
+    """The LoRA's recommended settings, read as `hypersd generate` reads them (resolve_settings)."""
+    loras = [LoraSpec(Path(lora))]
+    info = resolve_settings({}, loras)
+    return SampleSettings(steps=info["steps"], scheduler=info["scheduler"], guidance=info["guidance"],
+                          eta=info["eta"], timesteps=info["timesteps"], loras=loras)

@@ -71,7 +71,6 @@ class ScoreDistillation:
             raise ValueError("dmd.gan_weight > 0 needs the classifier head on the fake score")
         self.consistency = TSCD(model, stage, student=student, target=target) if stage.mse_weight > 0 else None
         self.ac = model.alphas_cumprod.to(model.device)
-        self.fake_steps = 0                  # fake-score updates so far (the update ratio is tested)
 
     def _times(self, n: int, device) -> torch.Tensor:
         return torch.randint(self.cfg.t_min, self.cfg.t_max + 1, (n,), device=device)
@@ -125,7 +124,6 @@ class ScoreDistillation:
             self.fake_optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.fake_optimizer.step()
-        self.fake_steps += 1
         return {k: v.detach() for k, v in parts.items()}
 
     # ---------------------------------------------------------------- the generator's loss
