@@ -3,7 +3,15 @@
 import numpy as np
 import pytest
 
-from hypersd.core.intervals import bootstrap_interval, category_mean, fd_spread, paired_difference, plus_minus, verdict
+from hypersd.core.intervals import (
+    bootstrap_interval,
+    category_mean,
+    fd_spread,
+    paired_difference,
+    paired_ratio,
+    plus_minus,
+    verdict,
+)
 from hypersd.embedded.evaluator.evaluate import fd_cell, overall_cell
 
 CATS = np.array(["single", "counting", "position"] * 200)
@@ -42,6 +50,17 @@ def test_paired_difference_decides_win_tie_and_loss():
     c = a & (rng.random(600) < 0.6)  # loses ~20% of its passes
     d, lo, hi = paired_difference(a, c, CATS)
     assert d > 0 and verdict(lo, hi) == "better" and verdict(*paired_difference(c, a, CATS)[1:]) == "worse"
+
+
+def test_paired_ratio_holds_the_true_ratio_and_separates_a_real_gap():
+    rng = np.random.default_rng(5)
+    b = rng.random(600) < 0.6
+    same, lo, hi = paired_ratio(b, b, CATS)
+    assert (same, lo, hi) == (1.0, 1.0, 1.0)
+    a = b & (rng.random(600) < 0.7)  # keeps ~70% of b's passes
+    value, lo, hi = paired_ratio(a, b, CATS)
+    assert lo < value < hi and lo < 0.7 < hi and hi < 0.9  # "a >= 0.9x b" is refuted beyond doubt
+    assert np.isnan(paired_ratio(a, np.zeros(600), CATS)[0])
 
 
 def test_fd_spread_is_small_against_a_real_shift():

@@ -54,6 +54,27 @@ def paired_difference(passed_a, passed_b, categories, resamples: int = RESAMPLES
     return category_mean(a, categories) - category_mean(b, categories), float(lo), float(hi)
 
 
+def paired_ratio(passed_a, passed_b, categories, resamples: int = RESAMPLES, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float, float]:
+    """(a / b, interval low, interval high) for two models judged on the same prompts: a target such
+    as "a >= 0.9x b" is met beyond doubt when the interval's low end clears it. Resamples where b
+    is 0 are left out."""
+    a, b = np.asarray(passed_a, dtype=float), np.asarray(passed_b, dtype=float)
+    categories = np.asarray(categories)
+    ratios = []
+    for i in _indices(categories, resamples, seed):
+        denominator = category_mean(b[i], categories[i])
+        if denominator > 0:
+            ratios.append(category_mean(a[i], categories[i]) / denominator)
+    whole = category_mean(b, categories)
+    value = category_mean(a, categories) / whole if whole > 0 else float("nan")
+    if not ratios:
+        return value, float("nan"), float("nan")
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(ratios, [tail, 100 - tail])
+    return value, float(lo), float(hi)
+
+
 def verdict(low: float, high: float) -> str:
     """'better' / 'worse' when the interval of a - b excludes 0, else 'tie'."""
     return "better" if low > 0 else "worse" if high < 0 else "tie"
