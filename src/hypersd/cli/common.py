@@ -47,14 +47,18 @@ def parse_timesteps(text: Optional[str]) -> Optional[list[int]]:
     return timesteps
 
 
-def load_prompts(prompt: Optional[list[str]], prompts: Optional[Path]) -> list[str]:
-    from hypersd.inference.prompts import read_prompt_file
+def load_prompts(prompt: Optional[list[str]], prompts: Optional[Path],
+                 negative_prompt: Optional[str] = None) -> tuple[list[str], list[Optional[str]]]:
+    """(prompts, negative prompts): a .jsonl line's own `negative_prompt`, else --negative-prompt."""
+    from hypersd.inference.prompts import read_prompt_records
 
     require(not (prompt and prompts), "give --prompt or --prompts, not both")
     if prompts is not None:
-        return read_prompt_file(prompts)
-    require(bool(prompt), "give --prompt TEXT or --prompts FILE")
-    return list(prompt)
+        records = read_prompt_records(prompts)
+    else:
+        require(bool(prompt), "give --prompt TEXT or --prompts FILE")
+        records = [(p, None) for p in prompt]
+    return [p for p, _ in records], [n or negative_prompt or None for _, n in records]
 
 
 def lora_specs(lora: Optional[list[str]]) -> list:
@@ -77,14 +81,14 @@ def sample_settings(chosen: dict, seed: int, loras: list, batch_size: Optional[i
 
 def sample_and_write(pipe, prompts: list[str], settings, out: Path, extra_call: Optional[dict] = None,
                      extra_record: Optional[dict] = None, extra_files: Optional[dict] = None,
-                     overwrite: bool = False) -> None:
+                     overwrite: bool = False, negative_prompts: Optional[list] = None) -> None:
     """Image i with seed settings.seed + i, written with samples.jsonl and a grid (sample, generate)."""
     from hypersd.inference.sample import generate, write_samples
 
     seeds = [settings.seed + i for i in range(len(prompts))]
-    images = generate(pipe, prompts, settings, seeds, extra_call=extra_call)
+    images = generate(pipe, prompts, settings, seeds, extra_call=extra_call, negative_prompts=negative_prompts)
     write_samples(out, images, prompts, seeds, settings, extra_record=extra_record, extra_files=extra_files,
-                  overwrite=overwrite)
+                  overwrite=overwrite, negative_prompts=negative_prompts)
 
 
 def check_shapes_prompts(texts: list[str]) -> None:

@@ -27,13 +27,20 @@ from hypersd.io import mark_output_dir
 def sample(model: Path = typer.Option(..., help="Diffusers pipeline folder."),
            lora: Optional[list[str]] = typer.Option(None, help="LoRA file, FILE or FILE:SCALE; repeatable."),
            prompt: Optional[list[str]] = typer.Option(None, help="A prompt; repeatable."),
-           prompts: Optional[Path] = typer.Option(None, help="Prompt file: .txt (one per line) or .jsonl."),
-           steps: Optional[int] = typer.Option(None, help="Sampling steps (default: the LoRA's, else 4)."),
+           prompts: Optional[Path] = typer.Option(None, help="Prompt file: .txt (one per line) or .jsonl (fields "
+                                                             "prompt and, optionally, negative_prompt)."),
+           negative_prompt: Optional[str] = typer.Option(
+               None, help="What to steer away from, for every prompt without its own (needs guidance > 1: a "
+                          "CFG-preserved LoRA or the base model)."),
+           steps: Optional[int] = typer.Option(None, help="Sampling steps (default: the LoRA's, else the model "
+                                                          "folder's, else its pipeline's)."),
            scheduler: Optional[str] = typer.Option(
-               None, help="ddim, ddim-trailing, tcd, lcm, euler or dpmpp (default: the LoRA's, else ddim-trailing)."),
+               None, help="ddim, ddim-trailing, tcd, lcm, euler, dpmpp or default (the model's own); default: the "
+                          "LoRA's, else the model folder's, else the model's own."),
            eta: Optional[float] = typer.Option(None, help="Stochasticity (TCD gamma / DDIM eta), in [0, 1]."),
            guidance: Optional[float] = typer.Option(
-               None, help="Classifier-free guidance scale, <= 1: off (default: the LoRA's, else 0)."),
+               None, help="Classifier-free guidance scale, <= 1: off (default: the LoRA's, else the model "
+                          "folder's, else its pipeline's)."),
            seed: int = typer.Option(0, help="Seed of the first image; image i uses seed + i."),
            timesteps: Optional[str] = typer.Option(None, help="Custom timesteps, e.g. 800 (LCM/TCD)."),
            batch_size: int = typer.Option(125, help="Images per pipeline call."),
@@ -45,18 +52,19 @@ def sample(model: Path = typer.Option(..., help="Diffusers pipeline folder."),
     from a distilled full-UNet model folder (hypersd_inference.json).
     """
     from hypersd.inference.sample import apply_loras
-    from hypersd.inference.settings import resolve_settings
+    from hypersd.inference.settings import check_negative_prompts, resolve_settings
     from hypersd.models.pipelines import load_pipeline
 
     given = {"steps": steps, "scheduler": scheduler, "guidance": guidance, "eta": eta,
              "timesteps": parse_timesteps(timesteps)}
     specs = lora_specs(lora)
     settings = sample_settings(resolve_settings(given, specs, model), seed, specs, batch_size)
-    texts = load_prompts(prompt, prompts)
+    texts, negatives = load_prompts(prompt, prompts, negative_prompt)
+    check_negative_prompts(negatives, settings)
     output_folder(out, overwrite)
     pipe = load_pipeline(model)
     apply_loras(pipe, settings.loras)
-    sample_and_write(pipe, texts, settings, out, overwrite=overwrite)
+    sample_and_write(pipe, texts, settings, out, overwrite=overwrite, negative_prompts=negatives)
     typer.echo(f"wrote {len(texts)} images to {out} (grid: {out / 'grid.png'})")
 
 
@@ -71,6 +79,8 @@ def generate(prompt: list[str] = typer.Argument(..., help="Prompt(s)."),
              eta: Optional[float] = typer.Option(None, help="TCD gamma / DDIM eta in [0, 1]."),
              guidance: Optional[float] = typer.Option(None, help="CFG scale (default: from the files, else 0)."),
              seed: int = typer.Option(0, help="Seed of the first image."),
+             negative_prompt: Optional[str] = typer.Option(
+                 None, help="What to steer away from (needs guidance > 1: a CFG-preserved LoRA or the base model)."),
              controlnet: Optional[Path] = typer.Option(None, help="Diffusers ControlNet folder (needs "
                                                                   "--control-image)."),
              control_image: Optional[Path] = typer.Option(None, help="Image that conditions the ControlNet."),
@@ -87,13 +97,15 @@ def generate(prompt: list[str] = typer.Argument(..., help="Prompt(s)."),
     preprocessed control image conditions every sample and is saved as control.png beside them."""
     from hypersd.inference.conventions import released_settings
     from hypersd.inference.sample import apply_loras
-    from hypersd.inference.settings import resolve_settings
+    from hypersd.inference.settings import check_negative_prompts, resolve_settings
     from hypersd.models.pipelines import load_pipeline, load_unet_file
 
     given = {"steps": steps, "scheduler": scheduler, "guidance": guidance, "eta": eta, "timesteps": None}
     specs = lora_specs(lora)
     chosen = resolve_settings(given, specs, base, fallback=released_settings(unet.name) if unet else None)
     settings = sample_settings(chosen, seed, specs)
+    negatives = [negative_prompt] * len(prompt) if negative_prompt else None
+    check_negative_prompts(negatives, settings)
     spec = _control_spec(controlnet, control_image, control, control_scale, canny_low, canny_high)
     raw_control = spec.validate() if spec else None  # bad control input fails before any model loads
     output_folder(out, overwrite)
@@ -107,7 +119,7 @@ def generate(prompt: list[str] = typer.Argument(..., help="Prompt(s)."),
 
         pipe, control_png, extra_call = with_controlnet(pipe, spec, raw_control)
         extra_record, extra_files = spec.record(), {CONTROL_FILE: control_png}
-    sample_and_write(pipe, list(prompt), settings, out, extra_call, extra_record, extra_files, overwrite)
+    sample_and_write(pipe, list(prompt), settings, out, extra_call, extra_record, extra_files, overwrite, negatives)
     typer.echo(f"wrote {len(prompt)} images to {out} ({settings.scheduler}, {settings.steps} steps)")
 
 

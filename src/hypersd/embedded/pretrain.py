@@ -123,8 +123,10 @@ def constant_ema(model: torch.nn.Module, decay: float, warmup: int):
     return EMAModel(model.parameters(), decay=decay, min_decay=decay, update_after_step=warmup)
 
 
-def save_tiny_sd(folder: Path, vae, text_encoder, tokenizer, unet, overwrite: bool = False) -> None:
-    """Write the parts as a standard StableDiffusionPipeline folder, atomically."""
+def save_tiny_sd(folder: Path, vae, text_encoder, tokenizer, unet, overwrite: bool = False,
+                 settings: dict | None = None) -> None:
+    """Write the parts as a standard StableDiffusionPipeline folder, atomically, with `settings` (its
+    recommended sampling) in the folder's INFERENCE_FILE where given."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     # Stable Diffusion's own convention: the last DDIM step lands on alphabar_0, not on 1
@@ -133,7 +135,14 @@ def save_tiny_sd(folder: Path, vae, text_encoder, tokenizer, unet, overwrite: bo
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
-    save_pipeline(pipe, folder, overwrite=overwrite)
+    save_pipeline(pipe, folder, settings, overwrite=overwrite)
+
+
+def teacher_settings() -> dict:
+    """How the shipped teacher is sampled (its reference: DDIM, 50 steps, guidance 5)."""
+    from hypersd.assets import REFERENCE_SCHEDULER, REFERENCE_STEPS, TEACHER_GUIDANCE
+
+    return {"scheduler": REFERENCE_SCHEDULER, "steps": REFERENCE_STEPS, "guidance": TEACHER_GUIDANCE}
 
 
 def train_unet(cfg: PretrainConfig, vae, tokenizer, out: Path, log, networks=None) -> None:
@@ -183,7 +192,8 @@ def train_unet(cfg: PretrainConfig, vae, tokenizer, out: Path, log, networks=Non
         if last or (step + 1) % cfg.checkpoint_every == 0:
             ema_text.copy_to(shipped_text.parameters())
             ema_unet.copy_to(shipped_unet.parameters())
-            save_tiny_sd(out, vae, shipped_text, tokenizer, shipped_unet, overwrite=True)  # checked at the start
+            save_tiny_sd(out, vae, shipped_text, tokenizer, shipped_unet, overwrite=True,  # checked at the start
+                         settings=teacher_settings())
             log({"phase": "checkpoint", "step": step + 1})
 
 

@@ -1,4 +1,5 @@
-"""Prompt files: plain text (one prompt per line) or .jsonl (a `prompt` field per line)."""
+"""Prompt files: plain text (one prompt per line) or .jsonl (a `prompt` field per line, and an
+optional `negative_prompt`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,12 @@ from hypersd.io import atomic_file
 
 def read_prompt_file(path: Path) -> list[str]:
     """One prompt per line (.txt), or a `prompt` field per line (.jsonl). Blank lines skipped."""
+    return [prompt for prompt, _ in read_prompt_records(path)]
+
+
+def read_prompt_records(path: Path) -> list[tuple[str, str | None]]:
+    """(prompt, negative prompt or None) per line: .txt lines have no negative prompt; a .jsonl line
+    may carry a `negative_prompt` string. Blank lines skipped."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"prompt file not found: {path}")
@@ -30,9 +37,12 @@ def read_prompt_file(path: Path) -> list[str]:
                 raise UserError(f"{path}:{number}: expected a JSON object with a 'prompt' field") from None
             if not isinstance(prompt, str):
                 raise UserError(f"{path}:{number}: 'prompt' must be a string")
-            prompts.append(prompt)
+            negative = record.get("negative_prompt")
+            if negative is not None and not isinstance(negative, str):
+                raise UserError(f"{path}:{number}: 'negative_prompt' must be a string")
+            prompts.append((prompt, negative or None))
         else:
-            prompts.append(line.strip())
+            prompts.append((line.strip(), None))
     if not prompts:
         raise UserError(f"prompt file has no prompts: {path}")
     return prompts

@@ -18,7 +18,7 @@ import torch
 from hypersd.data.imagefolder import write_image_folder
 from hypersd.errors import UserError, require
 from hypersd.inference.grids import labelled_grid
-from hypersd.inference.settings import SCHEDULERS, SampleSettings
+from hypersd.inference.settings import SCHEDULERS, SampleSettings, check_negative_prompts
 from hypersd.io import atomic_dir
 from hypersd.lora.files import LoraSpec
 from hypersd.progress import progress
@@ -92,23 +92,28 @@ def _supports_custom_timesteps(scheduler) -> bool:
 
 
 def generate(pipe, prompts: list[str], settings: SampleSettings, seeds: list[int] | None = None,
-             progress_desc: str | None = None, extra_call: dict | None = None) -> np.ndarray:
-    """Images for the prompts as uint8 (n, H, W, 3); image i uses seed `seeds[i]`. `extra_call` adds
-    pipeline-specific arguments to every call (a ControlNet pipeline's `image=`, for example). The
+             progress_desc: str | None = None, extra_call: dict | None = None,
+             negative_prompts: list[str | None] | None = None) -> np.ndarray:
+    """Images for the prompts as uint8 (n, H, W, 3); image i uses seed `seeds[i]` and negative prompt
+    `negative_prompts[i]` (None: none, i.e. the empty prompt of classifier-free guidance). `extra_call`
+    adds pipeline-specific arguments to every call (a ControlNet pipeline's `image=`, for example). The
     sampler is built from the pipeline's own scheduler config and put back afterwards."""
     settings.validate()
+    check_negative_prompts(negative_prompts, settings)
     own = pipe.scheduler
     limit = own.config.num_train_timesteps
     require(settings.timesteps or settings.steps <= limit,
             f"steps must be at most the model's {limit} training timesteps, got {settings.steps}")
-    pipe.scheduler = make_scheduler(settings.scheduler, own.config)
+    if settings.scheduler != "default":  # default: the pipeline's own scheduler as loaded
+        pipe.scheduler = make_scheduler(settings.scheduler, own.config)
     try:
-        return _sample(pipe, prompts, settings, seeds, progress_desc, extra_call)
+        return _sample(pipe, prompts, settings, seeds, progress_desc, extra_call, negative_prompts)
     finally:
         pipe.scheduler = own
 
 
-def _sample(pipe, prompts, settings: SampleSettings, seeds, progress_desc, extra_call) -> np.ndarray:
+def _sample(pipe, prompts, settings: SampleSettings, seeds, progress_desc, extra_call,
+            negative_prompts=None) -> np.ndarray:
     call = {"guidance_scale": settings.guidance, "output_type": "np"}
     if settings.timesteps:
         require(_supports_custom_timesteps(pipe.scheduler),
@@ -125,6 +130,10 @@ def _sample(pipe, prompts, settings: SampleSettings, seeds, progress_desc, extra
     for start in progress(starts, desc=progress_desc or f"{settings.scheduler} {settings.steps} steps"):
         end = start + settings.batch_size
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds[start:end]]
+        if negative_prompts is not None and any(negative_prompts[start:end]):
+            call["negative_prompt"] = [n or "" for n in negative_prompts[start:end]]
+        else:
+            call.pop("negative_prompt", None)
         with torch.inference_mode():
             images = pipe(prompt=prompts[start:end], generator=generators, **call).images
         chunks.append((np.clip(images, 0, 1) * 255).round().astype(np.uint8))
@@ -133,13 +142,16 @@ def _sample(pipe, prompts, settings: SampleSettings, seeds, progress_desc, extra
 
 def write_samples(out: Path, images: np.ndarray, prompts: list[str], seeds: list[int],
                   settings: SampleSettings, grid_columns: int = 8, grid_limit: int = 64,
-                  extra_record: dict | None = None, extra_files: dict | None = None, overwrite: bool = False) -> Path:
-    """PNGs + samples.jsonl + grid.png, written atomically (hypersd.io).
-    `extra_record` is added to every samples.jsonl line; `extra_files` maps file names to PIL images
+                  extra_record: dict | None = None, extra_files: dict | None = None, overwrite: bool = False,
+                  negative_prompts: list[str | None] | None = None) -> Path:
+    """PNGs + samples.jsonl + grid.png, written atomically (hypersd.io). A line has `negative_prompt`
+    where image i had one. `extra_record` is added to every samples.jsonl line; `extra_files` maps file names to PIL images
     saved beside the samples (e.g. the control image that conditioned them). An existing `out` is
     replaced only if hypersd wrote it, or with `overwrite` (hypersd.io.check_output_dir)."""
     common = {**settings.record(), **(extra_record or {})}
-    records = [{"prompt": p, "seed": s, **common} for p, s in zip(prompts, seeds)]
+    negatives = negative_prompts or [None] * len(prompts)
+    records = [{"prompt": p, **({"negative_prompt": n} if n else {}), "seed": s, **common}
+               for p, n, s in zip(prompts, negatives, seeds)]
     with atomic_dir(out, overwrite) as tmp:
         write_image_folder(tmp, images, records)
         labelled_grid(images[:grid_limit], prompts[:grid_limit], columns=grid_columns).save(tmp / "grid.png")

@@ -13,7 +13,7 @@ from hypersd.inference.conventions import released_settings
 from hypersd.lora.files import LoraSpec, inference_settings
 from hypersd.models.pipelines import INFERENCE_FILE
 
-SCHEDULERS = ("ddim", "ddim-trailing", "tcd", "lcm", "euler", "dpmpp")
+SCHEDULERS = ("ddim", "ddim-trailing", "tcd", "lcm", "euler", "dpmpp", "default")  # default: the model's own
 
 
 @dataclass
@@ -86,13 +86,37 @@ def model_settings(model: Path | None) -> dict:
     return {key: stored[key] for key in SETTING_DEFAULTS if key in stored}
 
 
+def pipeline_defaults(model: Path | None) -> dict:
+    """A plain model without recommended settings samples as its diffusers pipeline does by default:
+    its own scheduler, and the steps and guidance scale of the pipeline class's call signature."""
+    import inspect
+
+    import diffusers
+
+    name = "StableDiffusionPipeline"
+    index = Path(model) / "model_index.json" if model is not None else None
+    if index is not None and index.is_file():
+        try:
+            name = json.loads(index.read_text()).get("_class_name", name)
+        except json.JSONDecodeError:
+            pass
+    cls = getattr(diffusers, str(name), diffusers.StableDiffusionPipeline)
+    params = inspect.signature(cls.__call__).parameters
+    return {"scheduler": "default", "steps": params["num_inference_steps"].default,
+            "guidance": float(params["guidance_scale"].default)}
+
+
 def resolve_settings(given: dict, loras: list[LoraSpec], model: Path | None = None,
                      fallback: dict | None = None) -> dict:
     """What the user gave over one recommendation taken whole: the LoRA's, else `fallback` (e.g. a
-    one-step UNet file's convention), else the model folder's, else the defaults (None = not given).
+    one-step UNet file's convention), else the model folder's, else, for a plain model without LoRAs,
+    its pipeline's own defaults, else the defaults of distilled LoRAs (None = not given).
     A recommendation's eta and timesteps belong to its scheduler (and timesteps to its steps): they
     are dropped when the user picks another scheduler (or other steps)."""
-    chosen = {**SETTING_DEFAULTS, **(recommended_settings(loras) or fallback or model_settings(model))}
+    recommended = recommended_settings(loras) or fallback or model_settings(model)
+    if not recommended and not loras and model is not None:
+        recommended = pipeline_defaults(model)
+    chosen = {**SETTING_DEFAULTS, **recommended}
     if given.get("scheduler") is not None and given["scheduler"] != chosen["scheduler"]:
         chosen.update(eta=None, timesteps=None)
     if given.get("steps") is not None:
@@ -100,3 +124,24 @@ def resolve_settings(given: dict, loras: list[LoraSpec], model: Path | None = No
     chosen.update({key: value for key, value in given.items() if value is not None})
     return chosen
 
+
+
+def guidance_mode(loras: list[LoraSpec]) -> str | None:
+    """'folded' or 'preserved' as the first LoRA whose metadata says so (None: none says)."""
+    for spec in loras:
+        mode = inference_settings(spec.path).get("guidance_mode")
+        if mode:
+            return mode
+    return None
+
+
+def check_negative_prompts(negative_prompts: list[str | None] | None, settings: SampleSettings) -> None:
+    """A negative prompt acts through classifier-free guidance only: at guidance <= 1 the pipeline
+    ignores it, so it is refused with the reason instead of silently doing nothing."""
+    if not negative_prompts or not any(negative_prompts) or settings.guidance > 1:
+        return
+    folded = [s.path.name for s in settings.loras if inference_settings(s.path).get("guidance_mode") == "folded"]
+    why = (f"{folded[0]} folds guidance into the model (guidance_mode folded) and is sampled without it"
+           if folded else "classifier-free guidance is off")
+    raise UserError(f"a negative prompt needs guidance > 1, but sampling runs at guidance {settings.guidance:g}: "
+                    f"{why}, so the negative prompt would be ignored (use a CFG-preserved LoRA, or give --guidance)")

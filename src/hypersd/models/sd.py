@@ -33,6 +33,14 @@ class Conditioning:
         extra = None if self.extra is None else {k: torch.cat([v, other.extra[k]]) for k, v in self.extra.items()}
         return Conditioning(torch.cat([self.hidden_states, other.hidden_states]), extra)
 
+    def where(self, mask: torch.Tensor, other: "Conditioning") -> "Conditioning":
+        """Per sample: `other`'s conditioning where `mask` (a (batch,) bool tensor) is True, else this one's."""
+        def pick(mine, theirs):
+            return torch.where(mask.view(-1, *([1] * (mine.ndim - 1))), theirs, mine)
+
+        extra = None if self.extra is None else {k: pick(v, other.extra[k]) for k, v in self.extra.items()}
+        return Conditioning(pick(self.hidden_states, other.hidden_states), extra)
+
     def index(self, idx) -> "Conditioning":
         extra = None if self.extra is None else {k: v[idx] for k, v in self.extra.items()}
         return Conditioning(self.hidden_states[idx], extra)

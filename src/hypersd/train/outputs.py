@@ -35,13 +35,19 @@ def stage_name(stage: Stage) -> str:
 def stage_inference(stage: Stage) -> dict:
     """How a stage's LoRA samples (the model card's conventions): TSCD k trailing DDIM steps; the
     unified LoRA TCD (eta 0.3, any of 1-8 steps); a one-step model LCM at its generator timestep;
-    a feedback merge like the student it was trained on (its sampling steps). No guidance."""
+    a feedback merge like the student it was trained on (its sampling steps). Guidance folded into the
+    model: none at inference; a CFG-preserved TSCD stage: its recommended guidance and steps."""
+    folded = {"guidance": 0.0, "guidance_mode": "folded"}
     if stage.method == "dmd" and stage.dmd.generator_timestep == 999:
-        return {"scheduler": "tcd", "timestep_spacing": "trailing", "steps": 4, "guidance": 0.0, "eta": 0.3}
+        return {"scheduler": "tcd", "timestep_spacing": "trailing", "steps": 4, "eta": 0.3, **folded}
     if stage.method == "dmd":
-        return {"scheduler": "lcm", "steps": 1, "timesteps": [stage.dmd.generator_timestep], "guidance": 0.0}
+        return {"scheduler": "lcm", "steps": 1, "timesteps": [stage.dmd.generator_timestep], **folded}
     steps = stage.feedback.sampling_steps if stage.method == "feedback" else stage.segments
-    return {"scheduler": "ddim-trailing", "timestep_spacing": "trailing", "steps": steps, "guidance": 0.0, "eta": 0.0}
+    if stage.method == "tscd" and stage.guidance_mode == "preserved":
+        return {"scheduler": "ddim-trailing", "timestep_spacing": "trailing", "steps": stage.recommended_steps or steps,
+                "eta": 0.0, "guidance": stage.recommended_guidance, "guidance_mode": "preserved"}
+    return {"scheduler": "ddim-trailing", "timestep_spacing": "trailing", "steps": stage.recommended_steps or steps,
+            "eta": 0.0, **folded}
 
 
 def _file_stem(name: str) -> str:

@@ -113,6 +113,15 @@ class Stage:
     guidance_min: float = 3.0         # teacher CFG scale w ~ U[guidance_min, guidance_max]
     guidance_max: float = 8.0
     offset_noise: float = 0.0         # per-channel constant added to the noise (stability)
+    guidance_mode: str = "folded"     # folded: the student is called unguided and learns the guided teacher
+                                      # (its LoRA samples at guidance 0); preserved: it learns the teacher's
+                                      # conditional and unconditional trajectories (captions dropped, the teacher
+                                      # at guidance_min..guidance_max, a low range), so classifier-free guidance
+                                      # and negative prompts work on it at inference (the release's CFG LoRAs)
+    caption_dropout: float = 0.1      # preserved: chance per sample that the caption is the empty prompt, for the
+                                      # student, the EMA target and the teacher alike
+    recommended_guidance: float = 5.0  # preserved: the CFG scale written into the LoRA's metadata
+    recommended_steps: int = 0        # sampling steps written into the LoRA's metadata (0: segments)
     feedback: Feedback = field(default_factory=Feedback)        # feedback stages, and dmd with_feedback
     dmd: ScoreDistillation = field(default_factory=ScoreDistillation)
 
@@ -137,6 +146,13 @@ class Stage:
         _require(0 <= self.ema_decay < 1, where, "ema_decay must be in [0, 1)")
         _require(1 <= self.guidance_min <= self.guidance_max, where, "need 1 <= guidance_min <= guidance_max")
         _require(self.offset_noise >= 0, where, "offset_noise must be >= 0")
+        _require(self.guidance_mode in ("folded", "preserved"), where,
+                 f"guidance_mode must be folded or preserved, got {self.guidance_mode!r}")
+        _require(self.guidance_mode == "folded" or self.method == "tscd", where,
+                 "guidance_mode preserved is a TSCD option (method: tscd)")
+        _require(0 <= self.caption_dropout < 1, where, "caption_dropout must be in [0, 1)")
+        _require(self.recommended_guidance >= 0 and self.recommended_steps >= 0, where,
+                 "recommended_guidance and recommended_steps must be >= 0")
         _require(self.method in ("tscd", "feedback", "dmd"), where,
                  f"method must be tscd, feedback or dmd, got {self.method!r}")
         self.feedback.validate(f"{where}.feedback")
@@ -149,7 +165,8 @@ class Stage:
 
 
 TSCD_ONLY_KEYS = ("segments", "skip", "mse_weight", "huber_weight", "huber_c", "adversarial_weight", "t_end",
-                  "teacher", "ema_decay", "guidance_min", "guidance_max", "offset_noise")
+                  "teacher", "ema_decay", "guidance_min", "guidance_max", "offset_noise", "guidance_mode",
+                  "caption_dropout", "recommended_guidance", "recommended_steps")
 
 
 @dataclass

@@ -46,12 +46,25 @@ class TSCD:
         w = st.guidance_min + (st.guidance_max - st.guidance_min) * torch.rand(batch)
         return {k: v.to(device) for k, v in dict(t_n=t_n, t_prev=t_prev, t_b=t_b, t_end=t_end, w=w).items()}
 
+    def condition(self, cond, uncond):
+        """The conditioning every network of the step sees: the captions, or under guidance_mode preserved
+        the empty prompt for a `caption_dropout` share of the samples, so the student learns the teacher's
+        unconditional trajectories beside its conditional ones and CFG can be applied to it later."""
+        st = self.stage
+        if st.guidance_mode != "preserved" or st.caption_dropout == 0:
+            return cond
+        dropped = torch.rand(len(cond.hidden_states)) < st.caption_dropout
+        return cond.where(dropped.to(cond.hidden_states.device), uncond)
+
     @torch.no_grad()
     def target(self, x_tn, times, cond, uncond) -> torch.Tensor:
         """Psi(x_hat_{n-1}, f_target(x_hat_{n-1}, t_{n-1}), t_end) with x_hat_{n-1} the guided teacher's jump."""
         m, ac = self.model, self.alphas_cumprod
         with m.using_lora(self.teacher_adapter):
-            eps_teacher = m.guided_eps(x_tn, times["t_n"], cond, uncond, times["w"])
+            if bool((times["w"] == 1).all()):  # e_u + 1 (e_c - e_u) = e_c: one UNet half is enough
+                eps_teacher = m.eps(x_tn, times["t_n"], cond)
+            else:
+                eps_teacher = m.guided_eps(x_tn, times["t_n"], cond, uncond, times["w"])
         x_prev = ddim_jump(x_tn, eps_teacher, times["t_n"], times["t_prev"], ac)
         with m.using_lora(self.target_adapters):
             eps_target = m.eps(x_prev, times["t_prev"], cond)
@@ -72,9 +85,11 @@ class TSCD:
 
         with Psi the DDIM jump (hypersd.core.solver), t_b the lower edge of t_n's segment
         (hypersd.core.segments) and d = mse_weight MSE + huber_weight pseudo-Huber +
-        adversarial_weight GAN (the paper's hybrid distance). Returns the parts and "loss"; with a
-        discriminator also "d_loss", its heads' loss."""
+        adversarial_weight GAN (the paper's hybrid distance). Under guidance_mode preserved, c is the
+        empty prompt for a caption_dropout share of the batch (`condition`). Returns the parts and
+        "loss"; with a discriminator also "d_loss", its heads' loss."""
         st = self.stage
+        cond = self.condition(cond, uncond)
         times = self.sample_times(x0.shape[0], x0.device)
         x_tn = self.model.add_noise(x0, self._noise(x0), times["t_n"])
         target = self.target(x_tn, times, cond, uncond)
