@@ -36,7 +36,9 @@ def lora_export(source: Path = typer.Argument(..., help="A LoRA file, or a run f
                 out: Path = typer.Option(..., "--out", help="File to write (.safetensors)."),
                 format: str = typer.Option("kohya", "--format", help="kohya (ComfyUI, A1111) or diffusers."),
                 dtype: str = typer.Option("keep", "--dtype", help="keep, fp32, fp16 or bf16 (the weights' "
-                                                                  "storage type; fp16 halves the file)")):
+                                                                  "storage type; fp16 halves the file)"),
+                base: str = typer.Option("auto", "--base", help="Base model the web UIs list it under (kohya "
+                                                              "format): sd1, sdxl, or auto (from the file).")):
     """Export a LoRA for other tools: kohya layout (lora_unet_* keys with alpha) or diffusers (peft keys)."""
     from hypersd.lora.export import export_kohya
     from hypersd.lora.files import cast_lora, copy_lora
@@ -44,6 +46,7 @@ def lora_export(source: Path = typer.Argument(..., help="A LoRA file, or a run f
     from hypersd.train.outputs import final_lora, phase_lora
 
     require(format in ("kohya", "diffusers"), f"--format must be kohya or diffusers, got {format!r}")
+    require(base in ("auto", "sd1", "sdxl"), f"--base must be auto, sd1 or sdxl, got {base!r}")
     require(dtype in ("keep", "fp32", "fp16", "bf16"), f"--dtype must be keep, fp32, fp16 or bf16, got {dtype!r}")
     require(out.suffix == ".safetensors", f"--out must end in .safetensors, got {out}")
     if source.is_dir():
@@ -54,7 +57,7 @@ def lora_export(source: Path = typer.Argument(..., help="A LoRA file, or a run f
             raise UserError(str(exc)) from None
     require_writable_dir(out.parent)
     read_lora(source)  # a clear error for anything that is not a LoRA file
-    written = export_kohya(source, out) if format == "kohya" else copy_lora(source, out)
+    written = export_kohya(source, out, base) if format == "kohya" else copy_lora(source, out)
     if dtype != "keep":
         cast_lora(written, written, dtype)
     typer.echo(f"wrote {written} ({format}{'' if dtype == 'keep' else ', ' + dtype}, from {source})")

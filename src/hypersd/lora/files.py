@@ -19,6 +19,7 @@ from hypersd.errors import UserError
 from hypersd.io import atomic_file, save_tensors
 
 INFERENCE_KEY = "hypersd_inference"
+BASE_MODEL_KEY = "hypersd_base_model"  # sd1 or sdxl: the architecture the LoRA adapts
 
 
 @dataclass
@@ -62,6 +63,7 @@ def save_lora(path: Path, unet, name: str, inference: dict | None = None, extra:
             tensors = {key: f.get_tensor(key) for key in f.keys()}
         if inference is not None:
             metadata[INFERENCE_KEY] = json.dumps(inference)
+        metadata[BASE_MODEL_KEY] = "sdxl" if unet.config.get("addition_embed_type") == "text_time" else "sd1"
         for key, value in (extra or {}).items():
             metadata[f"hypersd_{key}"] = value if isinstance(value, str) else json.dumps(value)
     save_tensors(tensors, path, metadata, what="LoRA")
