@@ -21,6 +21,19 @@ def test_released_file_names(name, expected):
     assert released_settings(name) == expected
 
 
+def test_released_names_tell_the_guidance_mode(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from hypersd.inference.settings import lora_guidance_mode
+
+    for name, mode in (("Hyper-SD15-8steps-CFG-lora.safetensors", "preserved"),
+                       ("Hyper-SDXL-4steps-lora.safetensors", "folded"), ("mine.safetensors", None)):
+        path = tmp_path / name
+        save_file({"x": torch.zeros(1)}, path)  # no settings in its metadata: the name decides
+        assert lora_guidance_mode(path) == mode
+
+
 def test_sample_uses_the_convention_when_the_file_has_no_settings(tiny_pipeline_dir, tmp_path):
     from diffusers import StableDiffusionPipeline
 

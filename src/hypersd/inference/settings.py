@@ -126,12 +126,15 @@ def resolve_settings(given: dict, loras: list[LoraSpec], model: Path | None = No
 
 
 
-def guidance_mode(loras: list[LoraSpec]) -> str | None:
-    """'folded' or 'preserved' as the first LoRA whose metadata says so (None: none says)."""
-    for spec in loras:
-        mode = inference_settings(spec.path).get("guidance_mode")
-        if mode:
-            return mode
+def lora_guidance_mode(path: Path) -> str | None:
+    """'folded' or 'preserved': the LoRA's metadata, else the release's naming (`...-CFG-lora` files are
+    CFG-preserved, the other released files fold guidance in); None when neither says."""
+    mode = inference_settings(path).get("guidance_mode")
+    if mode:
+        return mode
+    named = released_settings(Path(path).name)
+    if named:
+        return "preserved" if named.get("guidance", 0.0) > 0 else "folded"
     return None
 
 
@@ -140,7 +143,7 @@ def check_negative_prompts(negative_prompts: list[str | None] | None, settings: 
     ignores it, so it is refused with the reason instead of silently doing nothing."""
     if not negative_prompts or not any(negative_prompts) or settings.guidance > 1:
         return
-    folded = [s.path.name for s in settings.loras if inference_settings(s.path).get("guidance_mode") == "folded"]
+    folded = [s.path.name for s in settings.loras if lora_guidance_mode(s.path) == "folded"]
     why = (f"{folded[0]} folds guidance into the model (guidance_mode folded) and is sampled without it"
            if folded else "classifier-free guidance is off")
     raise UserError(f"a negative prompt needs guidance > 1, but sampling runs at guidance {settings.guidance:g}: "
