@@ -73,8 +73,9 @@ def score(detector, images: np.ndarray, prompts: list[str], real_feats: np.ndarr
 
 
 def evaluate(model: Path, rows: list[Row], prompts: list[str], detector_dir: Path, out: Path,
-             n_real: int = 2000, seed: int = 0, log=print, extra_scores=None) -> dict:
-    """Sample and score every row; the teacher reference is the base model without LoRA.
+             n_real: int = 2000, seed: int = 0, log=print, extra_scores=None, psnr_reference: bool = True) -> dict:
+    """Sample and score every row; the teacher reference is the base model without LoRA (its 50-step
+    images, for PSNR; `psnr_reference=False` skips them and the PSNR column).
     `extra_scores(images_uint8, prompts) -> dict` adds more per-row numbers (e.g. rewards)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -84,7 +85,8 @@ def evaluate(model: Path, rows: list[Row], prompts: list[str], detector_dir: Pat
     pipe = load_pipeline(model)
     reference_settings = SampleSettings(steps=REFERENCE_STEPS, scheduler=REFERENCE_SCHEDULER,
                                         guidance=TEACHER_GUIDANCE, seed=seed)
-    reference, reference_seconds = _reference_images(pipe, out, prompts, seeds, reference_settings)
+    reference, reference_seconds = (_reference_images(pipe, out, prompts, seeds, reference_settings)
+                                    if psnr_reference else (None, None))
     results, teacher_pipe, other = [], pipe, (None, None)  # one other model folder loaded at a time
     for row in rows:
         start = time.time()
@@ -92,7 +94,7 @@ def evaluate(model: Path, rows: list[Row], prompts: list[str], detector_dir: Pat
             other = (Path(row.model).resolve(), load_pipeline(row.model))
         pipe = teacher_pipe if row.model is None else other[1]
         apply_loras(pipe, row.settings.loras)
-        if row.model is None and _same(row.settings, reference_settings):
+        if row.model is None and reference is not None and _same(row.settings, reference_settings):
             images, seconds = reference, reference_seconds
         else:
             images = generate(pipe, prompts, row.settings, seeds, progress_desc=row.label)
@@ -179,7 +181,7 @@ def markdown_table(summary: dict) -> str:
         psnr = r.get("psnr_vs_teacher")
         cells = [r["label"], str(r["steps"]), r["scheduler"], f"{r['guidance']:g}",
                  overall_cell(r), *[f"{acc.get(c, float('nan')):.2f}" for c in cats],
-                 fd_cell(r), "ref" if psnr is not None and psnr >= 100 else f"{psnr:.2f}",
+                 fd_cell(r), "-" if psnr is None else "ref" if psnr >= 100 else f"{psnr:.2f}",
                  *[f"{r.get('extra', {}).get(k, float('nan')):.3f}" for k in extra]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
