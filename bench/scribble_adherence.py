@@ -18,14 +18,16 @@ Writes bench/results/scribble_adherence[-<name>].{json,md} and a picture grid (.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from common import RESULTS  # bench/common.py
+from common import RESULTS, RUNS  # bench/common.py
 from PIL import Image
 
 from hypersd.assets import (
@@ -38,7 +40,7 @@ from hypersd.assets import (
     TEACHER_GUIDANCE,
     UNIFIED_LORA,
 )
-from hypersd.core.intervals import bootstrap_interval, paired_ratio, plus_minus
+from hypersd.core.intervals import bootstrap_interval, paired_difference, paired_ratio, plus_minus, verdict
 from hypersd.embedded.evaluator.adherence import TOLERANCE, adherence
 from hypersd.embedded.evaluator.detector import ShapesDetector
 from hypersd.embedded.rows import metadata_settings
@@ -69,17 +71,28 @@ def scenes_and_maps(n: int, size: tuple[int, int]) -> tuple[list, list[Image.Ima
     return scenes, maps
 
 
-def rows_to_run(unified: Path, one_step: Path, steps: list[int]) -> list[tuple[str, SampleSettings, bool]]:
-    """(label, settings, with the ControlNet) for each row that has its model on disk."""
+def rows_to_run(unified: Path, one_step: Path, steps: list[int], fp16: bool) -> list[tuple[str, SampleSettings, str]]:
+    """(label, settings, which ControlNet: fp32, fp16 (the same weights stored in fp16) or none) for each
+    row that has its model on disk."""
     teacher = SampleSettings(steps=REFERENCE_STEPS, scheduler=REFERENCE_SCHEDULER, guidance=TEACHER_GUIDANCE)
-    rows = [(f"teacher @{REFERENCE_STEPS}", teacher, True),
-            (f"teacher @{REFERENCE_STEPS}, no ControlNet", teacher, False)]
+    rows = [(f"teacher @{REFERENCE_STEPS}", teacher, "fp32"),
+            (f"teacher @{REFERENCE_STEPS}, no ControlNet", teacher, "none")]
     if unified.is_file():
         base = metadata_settings(unified)
-        rows += [(f"unified @{s}", replace(base, steps=s, timesteps=None), True) for s in steps]
+        rows += [(f"unified @{s}", replace(base, steps=s, timesteps=None), "fp32") for s in steps]
+        if fp16 and 2 in steps:
+            rows.append(("unified @2, fp16-stored ControlNet", replace(base, steps=2, timesteps=None), "fp16"))
     if one_step.is_file():
-        rows.append(("one-step @1", metadata_settings(one_step), True))
+        rows.append(("one-step @1", metadata_settings(one_step), "fp32"))
     return rows
+
+
+def fp16_copy(folder: Path, tmp: Path):
+    """The ControlNet stored in fp16 and loaded back for fp32 compute, as a shipped fp16 file would be."""
+    import torch
+
+    load_controlnet(folder).to(torch.float16).save_pretrained(tmp, safe_serialization=True)
+    return load_controlnet(tmp, dtype=torch.float32)
 
 
 def run_row(pipe, controlnet, settings: SampleSettings, prompts, maps, scale: float, use_control: bool) -> np.ndarray:
@@ -93,6 +106,25 @@ def run_row(pipe, controlnet, settings: SampleSettings, prompts, maps, scale: fl
         chunks.append(generate(target, prompts[start:end], replace(settings, loras=[], batch_size=CHUNK),
                                list(range(SEED + start, SEED + end)), extra_call=extra))
     return np.concatenate(chunks)
+
+
+def cached_row(label: str, settings: SampleSettings, which: str, args, compute) -> tuple[np.ndarray, float]:
+    """(images, seconds per image) of a row: from bench/runs/scribble-adherence when the same row (settings,
+    LoRA files, ControlNet, scale, scenes) already ran, else computed and stored."""
+    files = [Path(s.path) for s in settings.loras] + ([args.controlnet / "diffusion_pytorch_model.safetensors"]
+                                                      if which != "none" else [])
+    key = json.dumps({"label": label, "settings": settings.record(), "controlnet": which, "scale": args.scale,
+                      "scenes": args.scenes, "files": [[str(f), f.stat().st_size, f.stat().st_mtime] for f in files]})
+    cache = RUNS / "scribble-adherence" / (hashlib.sha256(key.encode()).hexdigest()[:16] + ".npz")
+    if cache.is_file():
+        stored = np.load(cache)
+        return stored["images"], float(stored["seconds"])
+    start = time.perf_counter()
+    images = compute()
+    seconds = (time.perf_counter() - start) / len(images)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(cache, images=images, key=np.array(key), seconds=np.array(seconds))
+    return images, seconds
 
 
 def picture_grid(maps, images: dict[str, np.ndarray], labels: list[str], count: int, path: Path) -> None:
@@ -128,6 +160,11 @@ def markdown(summary: dict) -> str:
     if target:
         lines += ["", f"Target: unified @2 >= 0.9x the teacher's adherence: measured "
                       f"{_ratio_cells(target).replace(' | ', ' ')}, **{target['verdict']}**."]
+    fp16 = summary.get("fp16")
+    if fp16:
+        lines += ["", f"ControlNet stored in fp16 against fp32 (unified @2, paired): {fp16['difference']:+.3f} "
+                      f"[{fp16['ci95'][0]:+.3f}, {fp16['ci95'][1]:+.3f}], **{fp16['verdict']}**; images differ by "
+                      f"{fp16['mean_abs_pixel_diff']:.2f} grey levels on average (at most {fp16['max_abs_pixel_diff']})."]
     lines += ["", f"Grid: `{summary['grid']}` (rows: scenes; columns: the scribble, then each model).",
               f"Command: `{summary['command']}`"]
     return "\n".join(lines) + "\n"
@@ -160,9 +197,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--name", default="")
+    parser.add_argument("--fp16", action="store_true", help="add a row with the ControlNet stored in fp16")
     args = parser.parse_args()
     pipe = load_pipeline(TEACHER)
-    controlnet = load_controlnet(args.controlnet)
+    controlnets = {"fp32": load_controlnet(args.controlnet), "none": None}
+    if args.fp16:
+        controlnets["fp16"] = fp16_copy(args.controlnet, Path(tempfile.mkdtemp()) / "controlnet")
     detector = ShapesDetector.load(EVALUATOR)
     scenes, maps = scenes_and_maps(args.scenes, generation_size(pipe))
     prompts = [s.caption for s in scenes]
@@ -171,14 +211,14 @@ def main() -> None:
     rows = []
     from hypersd.embedded.evaluator.shapes_eval import judge_images
 
-    for label, settings, use_control in [("real render", None, False)] + rows_to_run(args.unified, args.one_step,
-                                                                                     args.steps):
+    plan = [("real render", None, "none")] + rows_to_run(args.unified, args.one_step, args.steps, args.fp16)
+    for label, settings, which in plan:
         row = {"label": label}
         if settings is not None:
-            start = time.perf_counter()
-            images[label] = run_row(pipe, controlnet, settings, prompts, maps, args.scale, use_control)
+            images[label], seconds = cached_row(label, settings, which, args, lambda: run_row(
+                pipe, controlnets[which], settings, prompts, maps, args.scale, which != "none"))
             row.update(steps=settings.steps, scheduler=settings.scheduler, guidance=settings.guidance,
-                       seconds_per_image=round((time.perf_counter() - start) / len(prompts), 3))
+                       seconds_per_image=round(seconds, 3))
         passed = adherence(detector, images[label], scenes)
         caption = [r["passed"] for r in judge_images(detector, images[label], prompts)]
         row.update(adherence=float(np.mean(passed)), ci95=list(bootstrap_interval(passed, categories)),
@@ -197,8 +237,13 @@ def main() -> None:
     picture_grid(maps, images, shown, 8, stem.with_suffix(".png"))
     summary = {"controlnet": str(args.controlnet), "scenes": args.scenes, "scale": args.scale, "rows": rows,
                "ratios": ratios, "grid": str(stem.with_suffix(".png").relative_to(RESULTS.parents[1])),
-               "command": "python bench/scribble_adherence.py" + (f" --scenes {args.scenes} --name {args.name}"
-                                                                    if args.name else "")}
+               "command": "python bench/scribble_adherence.py" + (" --fp16" if args.fp16 else "")
+               + (f" --scenes {args.scenes} --name {args.name}" if args.name else "")}
+    if "unified @2, fp16-stored ControlNet" in bits:
+        d, lo, hi = paired_difference(bits["unified @2, fp16-stored ControlNet"], bits["unified @2"], categories)
+        pixels = np.abs(images["unified @2, fp16-stored ControlNet"].astype(int) - images["unified @2"].astype(int))
+        summary["fp16"] = {"difference": d, "ci95": [lo, hi], "verdict": verdict(lo, hi),
+                           "mean_abs_pixel_diff": float(pixels.mean()), "max_abs_pixel_diff": int(pixels.max())}
     if "unified @2" in ratios:
         c = ratios["unified @2"]
         summary["target"] = {**c, "verdict": target_verdict(c["ratio"], *c["ci95"])}

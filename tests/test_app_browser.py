@@ -145,3 +145,62 @@ def test_server_is_not_reachable_on_a_non_loopback_address(server):
         pytest.skip("this machine has no non-loopback address")
     with pytest.raises(OSError):
         socket.create_connection((address, server["port"]), timeout=3).close()
+
+
+@pytest.fixture(scope="module")
+def shipped_server(tmp_path_factory):
+    """The app on the shipped teacher, one-step model, unified LoRA and scribble ControlNet."""
+    import os
+
+    from hypersd import assets
+
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from hypersd.app.service import AppService, offered_models
+    from hypersd.app.ui import launch
+
+    models = offered_models(assets.ONE_STEP_LORA, assets.UNIFIED_LORA, assets.TEACHER_GUIDANCE)
+    service = AppService(assets.TEACHER, models, assets.SCRIBBLE_CONTROLNET, capacity=4)
+    port = _free_port()
+    app = launch(service, "127.0.0.1", port, block=False)
+    yield {"url": f"http://127.0.0.1:{port}/", "folder": tmp_path_factory.mktemp("shipped-app")}
+    app.close()
+
+
+def test_a_drawn_circle_comes_out_where_it_was_drawn(browser, shipped_server):
+    """A circle drawn in the upper-left quarter of the canvas, prompt 'a red circle', the unified LoRA at
+    2 steps: the ShapesEval detector finds a red circle at the drawing's place in most images."""
+    import math
+
+    import torch
+
+    from hypersd import assets
+    from hypersd.embedded.evaluator.detector import ShapesDetector
+    from hypersd.shapes.batches import to_tensor
+
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.goto(shipped_server["url"])
+    canvas = _open_scribble(page)
+    page.locator("#scribble-canvas button[aria-label='Brush']").click()
+    box = canvas.bounding_box()  # the 256-pixel drawing square at the centre of the widget
+    left, top = box["x"] + box["width"] / 2 - 128, box["y"] + box["height"] / 2 - 128
+    centre, radius = (80, 72), 44  # canvas pixels: at 32 px, a circle of radius 5.5 centred at (10, 9)
+    page.mouse.move(left + centre[0] + radius, top + centre[1])
+    page.mouse.down()
+    for i in range(1, 41):
+        angle = 2 * math.pi * i / 40
+        page.mouse.move(left + centre[0] + radius * math.cos(angle), top + centre[1] + radius * math.sin(angle))
+    page.mouse.up()
+    page.locator("#scribble-prompt textarea").fill("a red circle")
+    page.locator("#scribble-model").click()
+    page.get_by_role("option", name="unified LoRA (1-8 steps)").click()
+    page.locator("#scribble-run").click()
+    images = _images(page, "scribble-gallery", 4)
+    small = np.stack([np.asarray(Image.fromarray(im).resize((32, 32), Image.NEAREST)) for im in images])
+    with torch.no_grad():
+        found = ShapesDetector.load(assets.EVALUATOR).detect(to_tensor(small))
+    want = (centre[0] / 8, centre[1] / 8)
+    hits = [any(d.shape == "circle" and d.color == "red" and math.hypot(d.cx - want[0], d.cy - want[1]) <= 3
+                for d in f) for f in found]
+    page.screenshot(path=str(shipped_server["folder"] / "scribble-shipped.png"), full_page=True)
+    page.close()
+    assert sum(hits) >= 3, [[(d.color, d.shape, d.cx, d.cy) for d in f] for f in found]

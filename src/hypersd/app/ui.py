@@ -79,7 +79,7 @@ def build_app(service: AppService):
                     canvas = gr.Sketchpad(label="Sketch (brush, eraser, clear)", type="numpy", canvas_size=(256, 256),
                                           elem_id="scribble-canvas")
                     s_prompt = gr.Textbox(label="Prompt", placeholder="a green triangle", elem_id="scribble-prompt")
-                    s_model = gr.Dropdown(labels, value=labels[0], label="Model")
+                    s_model = gr.Dropdown(labels, value=labels[0], label="Model", elem_id="scribble-model")
                     s_steps = gr.Slider(1, MAX_STEPS, value=2, step=1, label="Steps (unified LoRA)")
                     s_scale = gr.Slider(0, 2, value=1.0, step=0.05, label="Control scale")
                     s_seed = gr.Number(0, precision=0, label="Seed")
