@@ -161,8 +161,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[8, 12])
     parser.add_argument("--n-real", type=int, default=2000)
     parser.add_argument("--folded", type=Path, default=FOLDED)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                        help="variants to train and measure (the default variant always)")
     args = parser.parse_args()
-    loras = {name: train_variant(name) for name in VARIANTS}
+    loras = {name: train_variant(name) for name in dict.fromkeys([DEFAULT_VARIANT, *args.variants])}
     preserved = loras[DEFAULT_VARIANT]
     prompts = standard_prompts()[: args.prompts]
     groups = {}
@@ -170,7 +172,8 @@ def main() -> None:
         groups[f"preserved-{steps}"] = group_rows(f"CFG-preserved ({DEFAULT_VARIANT})", preserved, steps)
         groups[f"folded-{steps}"] = group_rows("folded TSCD", args.folded, steps)
         groups[f"teacher-{steps}"] = group_rows("teacher DDIM", None, steps)
-    groups["variant-B-8"] = group_rows("CFG-preserved (B)", loras["B"], 8, (3.0, 5.0, 8.0))
+    if "B" in loras:
+        groups["variant-B-8"] = group_rows("CFG-preserved (B)", loras["B"], 8, (3.0, 5.0, 8.0))
     groups["teacher-50"] = [Row("teacher DDIM @50 g5", SampleSettings(steps=50, scheduler="ddim",
                                                                      guidance=TEACHER_GUIDANCE))]
     rows = []
@@ -180,7 +183,7 @@ def main() -> None:
                "loras": {k: str(v) for k, v in loras.items()}, "folded": str(args.folded), "rows": rows}
     pairs = [(f"CFG-preserved ({DEFAULT_VARIANT}) @{s} g5", f"folded TSCD @{s} g5") for s in args.steps]
     pairs += [(f"CFG-preserved ({DEFAULT_VARIANT}) @{s} g5", f"folded TSCD @{s} g1") for s in args.steps]
-    pairs += [("CFG-preserved (B) @8 g5", f"CFG-preserved ({DEFAULT_VARIANT}) @8 g5")]
+    pairs += [("CFG-preserved (B) @8 g5", f"CFG-preserved ({DEFAULT_VARIANT}) @8 g5")] if "B" in loras else []
     summary["comparisons"] = compare_rows(summary, prompts, pairs)
 
     pipe = load_pipeline(TEACHER)
@@ -215,7 +218,10 @@ def write(summary: dict, args, grid: Path) -> None:
              "Guidance <= 1 is no guidance (the conditional prediction alone).", ""]
     for steps in args.steps:
         lines += pivot(summary["rows"], models, steps) + [""]
-    lines += pivot(summary["rows"], ["CFG-preserved (B)"], 8) + [""]
+    if "B" in summary["loras"]:
+        lines += pivot(summary["rows"], ["CFG-preserved (B)"], 8) + [""]
+    else:
+        lines += ["Variant B (teacher guidance ~ U[1, 2], dropout 0.2) is not measured in this run.", ""]
     t50 = next(r for r in summary["rows"] if r["label"] == "teacher DDIM @50 g5")
     lines += [f"Teacher DDIM @50, guidance 5: {overall_cell(t50)}, FD {fd_cell(t50)}.", ""]
     lines += comparison_table(summary["comparisons"]) + [""]
@@ -235,7 +241,7 @@ def write(summary: dict, args, grid: Path) -> None:
                   f"{', beyond the interval' if r['ci95'][0] >= 0.8 else ''}).", "",
               f"Grid: `{grid.relative_to(ROOT)}` (panels: models; rows: guidance 1/3/5/8; columns: prompts).", "",
               f"Command: `python bench/cfg_preserved.py --prompts {summary['prompts']} --steps "
-              f"{' '.join(map(str, args.steps))}`"]
+              f"{' '.join(map(str, args.steps))} --variants {' '.join(summary['loras'])}`"]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "cfg_preserved.json").write_text(json.dumps(summary, indent=2))
     (RESULTS / "cfg_preserved.md").write_text("\n".join(lines) + "\n")

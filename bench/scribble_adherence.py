@@ -71,19 +71,23 @@ def scenes_and_maps(n: int, size: tuple[int, int]) -> tuple[list, list[Image.Ima
     return scenes, maps
 
 
-def rows_to_run(unified: Path, one_step: Path, steps: list[int], fp16: bool) -> list[tuple[str, SampleSettings, str]]:
-    """(label, settings, which ControlNet: fp32, fp16 (the same weights stored in fp16) or none) for each
-    row that has its model on disk."""
+def rows_to_run(unified: Path, one_step: Path, steps: list[int], fp16: bool,
+                etas: list[float] = (), scales: list[float] = ()) -> list[tuple[str, SampleSettings, str, float | None]]:
+    """(label, settings, which ControlNet: fp32, fp16 (the same weights stored in fp16) or none, control scale
+    or None for --scale) for each row that has its model on disk."""
     teacher = SampleSettings(steps=REFERENCE_STEPS, scheduler=REFERENCE_SCHEDULER, guidance=TEACHER_GUIDANCE)
-    rows = [(f"teacher @{REFERENCE_STEPS}", teacher, "fp32"),
-            (f"teacher @{REFERENCE_STEPS}, no ControlNet", teacher, "none")]
+    rows = [(f"teacher @{REFERENCE_STEPS}", teacher, "fp32", None),
+            (f"teacher @{REFERENCE_STEPS}, no ControlNet", teacher, "none", None)]
     if unified.is_file():
         base = metadata_settings(unified)
-        rows += [(f"unified @{s}", replace(base, steps=s, timesteps=None), "fp32") for s in steps]
+        two = replace(base, steps=2, timesteps=None)
+        rows += [(f"unified @{s}", replace(base, steps=s, timesteps=None), "fp32", None) for s in steps]
         if fp16 and 2 in steps:
-            rows.append(("unified @2, fp16-stored ControlNet", replace(base, steps=2, timesteps=None), "fp16"))
+            rows.append(("unified @2, fp16-stored ControlNet", two, "fp16", None))
+        rows += [(f"unified @2, eta {eta:g}", replace(two, eta=eta), "fp32", None) for eta in etas]
+        rows += [(f"unified @2, control scale {c:g}", two, "fp32", c) for c in scales]
     if one_step.is_file():
-        rows.append(("one-step @1", metadata_settings(one_step), "fp32"))
+        rows.append(("one-step @1", metadata_settings(one_step), "fp32", None))
     return rows
 
 
@@ -108,12 +112,13 @@ def run_row(pipe, controlnet, settings: SampleSettings, prompts, maps, scale: fl
     return np.concatenate(chunks)
 
 
-def cached_row(label: str, settings: SampleSettings, which: str, args, compute) -> tuple[np.ndarray, float]:
+def cached_row(label: str, settings: SampleSettings, which: str, scale: float, args,
+               compute) -> tuple[np.ndarray, float]:
     """(images, seconds per image) of a row: from bench/runs/scribble-adherence when the same row (settings,
     LoRA files, ControlNet, scale, scenes) already ran, else computed and stored."""
     files = [Path(s.path) for s in settings.loras] + ([args.controlnet / "diffusion_pytorch_model.safetensors"]
                                                       if which != "none" else [])
-    key = json.dumps({"label": label, "settings": settings.record(), "controlnet": which, "scale": args.scale,
+    key = json.dumps({"label": label, "settings": settings.record(), "controlnet": which, "scale": scale,
                       "scenes": args.scenes, "files": [[str(f), f.stat().st_size, f.stat().st_mtime] for f in files]})
     cache = RUNS / "scribble-adherence" / (hashlib.sha256(key.encode()).hexdigest()[:16] + ".npz")
     if cache.is_file():
@@ -198,6 +203,9 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--name", default="")
     parser.add_argument("--fp16", action="store_true", help="add a row with the ControlNet stored in fp16")
+    parser.add_argument("--eta", type=float, nargs="*", default=[], help="extra unified @2 rows at these TCD etas")
+    parser.add_argument("--scales", type=float, nargs="*", default=[],
+                        help="extra unified @2 rows at these control scales")
     args = parser.parse_args()
     pipe = load_pipeline(TEACHER)
     controlnets = {"fp32": load_controlnet(args.controlnet), "none": None}
@@ -211,12 +219,13 @@ def main() -> None:
     rows = []
     from hypersd.embedded.evaluator.shapes_eval import judge_images
 
-    plan = [("real render", None, "none")] + rows_to_run(args.unified, args.one_step, args.steps, args.fp16)
-    for label, settings, which in plan:
+    plan = [("real render", None, "none", None)] + rows_to_run(args.unified, args.one_step, args.steps, args.fp16, args.eta, args.scales)
+    for label, settings, which, scale in plan:
+        scale = args.scale if scale is None else scale
         row = {"label": label}
         if settings is not None:
-            images[label], seconds = cached_row(label, settings, which, args, lambda: run_row(
-                pipe, controlnets[which], settings, prompts, maps, args.scale, which != "none"))
+            images[label], seconds = cached_row(label, settings, which, scale, args, lambda: run_row(
+                pipe, controlnets[which], settings, prompts, maps, scale, which != "none"))
             row.update(steps=settings.steps, scheduler=settings.scheduler, guidance=settings.guidance,
                        seconds_per_image=round(seconds, 3))
         passed = adherence(detector, images[label], scenes)
@@ -238,6 +247,8 @@ def main() -> None:
     summary = {"controlnet": str(args.controlnet), "scenes": args.scenes, "scale": args.scale, "rows": rows,
                "ratios": ratios, "grid": str(stem.with_suffix(".png").relative_to(RESULTS.parents[1])),
                "command": "python bench/scribble_adherence.py" + (" --fp16" if args.fp16 else "")
+               + (f" --eta {' '.join(f'{e:g}' for e in args.eta)}" if args.eta else "")
+               + (f" --scales {' '.join(f'{c:g}' for c in args.scales)}" if args.scales else "")
                + (f" --scenes {args.scenes} --name {args.name}" if args.name else "")}
     if "unified @2, fp16-stored ControlNet" in bits:
         d, lo, hi = paired_difference(bits["unified @2, fp16-stored ControlNet"], bits["unified @2"], categories)

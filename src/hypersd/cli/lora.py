@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -38,7 +39,11 @@ def lora_export(source: Path = typer.Argument(..., help="A LoRA file, or a run f
                 dtype: str = typer.Option("keep", "--dtype", help="keep, fp32, fp16 or bf16 (the weights' "
                                                                   "storage type; fp16 halves the file)"),
                 base: str = typer.Option("auto", "--base", help="Base model the web UIs list it under (kohya "
-                                                              "format): sd1, sdxl, or auto (from the file).")):
+                                                              "format): sd1, sdxl, or auto (from the file)."),
+                workflow: bool = typer.Option(False, "--workflow", help="Also write OUT.workflow.json: the "
+                                                                        "ComfyUI workflow of its recommended sampling."),
+                checkpoint: Optional[str] = typer.Option(None, help="Base checkpoint name in the workflow (default: "
+                                                                   "SD1.5's or SDXL base's usual file name).")):
     """Export a LoRA for other tools: kohya layout (lora_unet_* keys with alpha) or diffusers (peft keys)."""
     from hypersd.lora.export import export_kohya
     from hypersd.lora.files import cast_lora, copy_lora
@@ -57,9 +62,19 @@ def lora_export(source: Path = typer.Argument(..., help="A LoRA file, or a run f
             raise UserError(str(exc)) from None
     require_writable_dir(out.parent)
     read_lora(source)  # a clear error for anything that is not a LoRA file
+    if workflow:  # refused before anything is written when the model has no core-ComfyUI workflow
+        from hypersd.lora.comfy_workflow import workflow_for, workflow_path, write_workflow
+        from hypersd.lora.export import base_model_of
+        from hypersd.lora.files import inference_settings
+
+        tensors, metadata = read_lora(source)
+        graph = workflow_for(inference_settings(source), base_model_of(tensors, metadata) if base == "auto" else base,
+                             out.name, checkpoint)
     written = export_kohya(source, out, base) if format == "kohya" else copy_lora(source, out)
     if dtype != "keep":
         cast_lora(written, written, dtype)
+    if workflow:
+        typer.echo(f"wrote {write_workflow(workflow_path(out), graph)}")
     typer.echo(f"wrote {written} ({format}{'' if dtype == 'keep' else ', ' + dtype}, from {source})")
 
 
