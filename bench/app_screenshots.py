@@ -19,6 +19,12 @@ from hypersd import assets
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
+def choose(page, elem_id: str, label: str) -> None:
+    """Pick `label` in a gradio dropdown the way a person does: open it, click the option."""
+    page.locator(f"#{elem_id} input").click()
+    page.locator(f"#{elem_id} ul li, ul[role='listbox'] li").filter(has_text=label).first.click()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -66,8 +72,7 @@ def main() -> None:
                                         for i in range(41)])
         draw_polyline(page, left, top, [(140, 140), (215, 140), (215, 215), (140, 215), (140, 140)])
         page.locator("#scribble-prompt textarea").fill("a red circle and a blue square")
-        page.locator("#scribble-model").click()
-        page.get_by_role("option", name="unified LoRA (1-8 steps)").click()
+        choose(page, "scribble-model", "unified LoRA (1-8 steps)")
         page.locator("#scribble-run").click()
         page.locator("#scribble-gallery img").nth(3).wait_for(timeout=120_000)
         page.screenshot(path=str(DOCS / "app-scribble.png"), full_page=True)

@@ -15,6 +15,12 @@ playwright = pytest.importorskip("playwright.sync_api", reason="Playwright for P
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
 
 
+def choose(page, elem_id: str, label: str) -> None:
+    """Pick `label` in a gradio dropdown the way a person does: open it, click the option."""
+    page.locator(f"#{elem_id} input").click()
+    page.locator(f"#{elem_id} ul li, ul[role='listbox'] li").filter(has_text=label).first.click()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -191,8 +197,7 @@ def test_a_drawn_circle_comes_out_where_it_was_drawn(browser, shipped_server):
         page.mouse.move(left + centre[0] + radius * math.cos(angle), top + centre[1] + radius * math.sin(angle))
     page.mouse.up()
     page.locator("#scribble-prompt textarea").fill("a red circle")
-    page.locator("#scribble-model").click()
-    page.get_by_role("option", name="unified LoRA (1-8 steps)").click()
+    choose(page, "scribble-model", "unified LoRA (1-8 steps)")
     page.locator("#scribble-run").click()
     images = _images(page, "scribble-gallery", 4)
     small = np.stack([np.asarray(Image.fromarray(im).resize((32, 32), Image.NEAREST)) for im in images])

@@ -76,7 +76,10 @@ def build_app(service: AppService):
         with gr.Tab("Scribble"):
             with gr.Row():
                 with gr.Column():
+                    # a 6-unit brush gives strokes of 1-2 pixels once the drawing is resized to 32 pixels: the
+                    # stroke width of the ControlNet's training scribbles (1-2 pixels)
                     canvas = gr.Sketchpad(label="Sketch (brush, eraser, clear)", type="numpy", canvas_size=(256, 256),
+                                          brush=gr.Brush(default_size=6, colors=["#000000"], color_mode="fixed"),
                                           elem_id="scribble-canvas")
                     s_prompt = gr.Textbox(label="Prompt", placeholder="a green triangle", elem_id="scribble-prompt")
                     s_model = gr.Dropdown(labels, value=labels[0], label="Model", elem_id="scribble-model")
