@@ -11,24 +11,12 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import socket
 from pathlib import Path
 
 from hypersd import assets
+from hypersd.app.browser import choose, free_port
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-
-
-def choose(page, elem_id: str, label: str) -> None:
-    """Pick `label` in a gradio dropdown the way a person does: open it, click the option."""
-    page.locator(f"#{elem_id} input").click()
-    page.locator(f"#{elem_id} ul li, ul[role='listbox'] li").filter(has_text=label).first.click()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def draw_polyline(page, left: float, top: float, points: list[tuple[float, float]]) -> None:
@@ -50,7 +38,7 @@ def main() -> None:
     quiet_libraries()
     models = offered_models(assets.ONE_STEP_LORA, assets.UNIFIED_LORA, assets.TEACHER_GUIDANCE)
     service = AppService(assets.TEACHER, models, assets.SCRIBBLE_CONTROLNET)
-    port = _free_port()
+    port = free_port()
     app = launch(service, "127.0.0.1", port, block=False)
     DOCS.mkdir(exist_ok=True)
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")

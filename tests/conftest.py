@@ -46,6 +46,21 @@ def tiny_pipeline_dir(tmp_path_factory):
     return folder
 
 
+@pytest.fixture
+def student_target_model(tiny_pipeline_dir):
+    """The tiny model with fresh student and target LoRA adapters (the student active)."""
+    from hypersd.lora.adapters import STUDENT, TARGET, add_lora
+    from hypersd.models.sd import load_model
+
+    torch.manual_seed(0)
+    m = load_model(tiny_pipeline_dir)
+    m.freeze_base()
+    for name in (STUDENT, TARGET):
+        add_lora(m.unet, 2, 2.0, ["to_q", "to_k", "to_v", "conv1"], name=name)
+    m.unet.set_adapter(STUDENT)
+    return m
+
+
 @pytest.fixture(scope="session")
 def tiny_evaluator_dir(tmp_path_factory):
     from hypersd.embedded.evaluator.detector import DetectorConfig, ShapesDetector

@@ -10,21 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hypersd.app.browser import choose, free_port
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 playwright = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
-
-
-def choose(page, elem_id: str, label: str) -> None:
-    """Pick `label` in a gradio dropdown the way a person does: open it, click the option."""
-    page.locator(f"#{elem_id} input").click()
-    page.locator(f"#{elem_id} ul li, ul[role='listbox'] li").filter(has_text=label).first.click()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +37,7 @@ def server(tiny_pipeline_dir, tiny_controlnet_dir, tmp_path_factory):
     uni = save_lora(folder / "uni.safetensors", unet, STUDENT,
                     inference={"scheduler": "tcd", "steps": 4, "guidance": 0.0, "eta": 0.3})
     service = AppService(tiny_pipeline_dir, offered_models(one, uni, 5.0), tiny_controlnet_dir, capacity=4)
-    port = _free_port()
+    port = free_port()
     page = launch(service, "127.0.0.1", port, block=False)
     yield {"url": f"http://127.0.0.1:{port}/", "port": port, "folder": folder}
     page.close()
@@ -166,7 +156,7 @@ def shipped_server(tmp_path_factory):
 
     models = offered_models(assets.ONE_STEP_LORA, assets.UNIFIED_LORA, assets.TEACHER_GUIDANCE)
     service = AppService(assets.TEACHER, models, assets.SCRIBBLE_CONTROLNET, capacity=4)
-    port = _free_port()
+    port = free_port()
     app = launch(service, "127.0.0.1", port, block=False)
     yield {"url": f"http://127.0.0.1:{port}/", "folder": tmp_path_factory.mktemp("shipped-app")}
     app.close()

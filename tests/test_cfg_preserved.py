@@ -5,22 +5,15 @@ metadata says how it is sampled."""
 import pytest
 import torch
 
-from hypersd.lora.adapters import STUDENT, TARGET, add_lora
-from hypersd.models.sd import Conditioning, load_model
+from hypersd.models.sd import Conditioning
 from hypersd.train.objectives.tscd import TSCD
 from hypersd.train.outputs import stage_inference
 from hypersd.train.recipe import Stage
 
 
 @pytest.fixture
-def model(tiny_pipeline_dir):
-    torch.manual_seed(0)
-    m = load_model(tiny_pipeline_dir)
-    m.freeze_base()
-    for name in (STUDENT, TARGET):
-        add_lora(m.unet, 2, 2.0, ["to_q", "to_k", "to_v", "conv1"], name=name)
-    m.unet.set_adapter(STUDENT)
-    return m
+def model(student_target_model):
+    return student_target_model
 
 
 def _is_empty_prompt(model, cond: Conditioning) -> torch.Tensor:

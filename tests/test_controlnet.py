@@ -195,7 +195,7 @@ def test_bad_control_input(case, needle, tiny_pipeline_dir, tiny_controlnet_dir,
 def test_sdxl_base_gets_the_sdxl_controlnet_pipeline(tiny_sdxl_dir, tiny_sdxl_controlnet_dir, square_png,
                                                      tmp_path, cli):
     sdxl = tiny_sdxl_dir
-    base = ["a red circle", "--base", sdxl, "--steps", 1]
+    base = ["a red circle", "--base", sdxl, "--steps", 1, "--scheduler", "ddim-trailing", "--guidance", 0]
     control = ["--controlnet", tiny_sdxl_controlnet_dir, "--control-image", square_png]
     outs = {}
     for name, extra in [("plain", []), ("cn", control), ("cn0", [*control, "--control-scale", 0])]:

@@ -6,9 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hypersd.lora.adapters import STUDENT, TARGET, add_lora
+from hypersd.lora.adapters import STUDENT
 from hypersd.lora.files import inference_settings
-from hypersd.models.sd import load_model
 from hypersd.train.checkpoint import latest_checkpoint
 from hypersd.train.objectives.tscd import TSCD
 from hypersd.train.recipe import Stage, load_recipe
@@ -16,14 +15,8 @@ from hypersd.train.run import Run
 
 
 @pytest.fixture
-def model(tiny_pipeline_dir):
-    torch.manual_seed(0)
-    m = load_model(tiny_pipeline_dir)
-    m.freeze_base()
-    for name in (STUDENT, TARGET):
-        add_lora(m.unet, 2, 2.0, ["to_q", "to_k", "to_v", "conv1"], name=name)
-    m.unet.set_adapter(STUDENT)
-    return m
+def model(student_target_model):
+    return student_target_model
 
 
 def _batch(m, n=4):
