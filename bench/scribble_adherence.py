@@ -43,6 +43,7 @@ from hypersd.assets import (
 from hypersd.core.intervals import bootstrap_interval, paired_difference, paired_ratio, plus_minus, verdict
 from hypersd.embedded.evaluator.adherence import TOLERANCE, adherence
 from hypersd.embedded.evaluator.detector import ShapesDetector
+from hypersd.embedded.evaluator.shapes_eval import judge_images
 from hypersd.embedded.rows import metadata_settings
 from hypersd.inference.controlnet import controlnet_pipeline, generation_size, load_controlnet, prepare_control
 from hypersd.inference.grids import labelled_grid
@@ -217,8 +218,6 @@ def main() -> None:
     categories = [s.category for s in scenes]
     images = {"real render": render_array(scenes)}
     rows = []
-    from hypersd.embedded.evaluator.shapes_eval import judge_images
-
     plan = [("real render", None, "none", None)] + rows_to_run(args.unified, args.one_step, args.steps, args.fp16, args.eta, args.scales)
     for label, settings, which, scale in plan:
         scale = args.scale if scale is None else scale

@@ -61,13 +61,12 @@ def lora_export(source: Path = typer.Argument(..., help="A LoRA file, or a run f
         except FileNotFoundError as exc:
             raise UserError(str(exc)) from None
     require_writable_dir(out.parent)
-    read_lora(source)  # a clear error for anything that is not a LoRA file
+    tensors, metadata = read_lora(source)  # a clear error for anything that is not a LoRA file
     if workflow:  # refused before anything is written when the model has no core-ComfyUI workflow
         from hypersd.lora.comfy_workflow import workflow_for, workflow_path, write_workflow
         from hypersd.lora.export import base_model_of
         from hypersd.lora.files import inference_settings
 
-        tensors, metadata = read_lora(source)
         graph = workflow_for(inference_settings(source), base_model_of(tensors, metadata) if base == "auto" else base,
                              out.name, checkpoint)
     written = export_kohya(source, out, base) if format == "kohya" else copy_lora(source, out)
