@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from hypersd.cli.common import OVERWRITE, output_folder
-from hypersd.errors import require, require_model, require_writable_dir
+from hypersd.errors import require, require_model, require_model_folder, require_writable_dir
 from hypersd.io import atomic_dir
 from hypersd.progress import progress
 
@@ -88,3 +88,42 @@ def cache_cmd(model: Path = typer.Option(..., help="Model whose VAE and text enc
                         overwrite=overwrite)
     typer.echo(f"wrote {index['count']} items to {out} ({len(index['shards'])} shards, resolution "
                f"{index['resolution']}; skipped: {describe_skipped(index['skipped'])})")
+
+
+@app.command("pairs")
+def data_pairs(model: Path = typer.Option(..., "--model", help="Teacher: a diffusers pipeline folder."),
+               out: Path = typer.Option(..., "--out", help="Pair file to write (.safetensors)."),
+               n: int = typer.Option(6000, "--n", help="Number of pairs."),
+               steps: int = typer.Option(16, help="Teacher DDIM steps (trailing spacing, eta 0)."),
+               guidance: float = typer.Option(5.0, help="Teacher classifier-free guidance scale."),
+               prompts: Optional[Path] = typer.Option(None, "--prompts",
+                                                      help="Caption file (.txt/.jsonl), cycled to --n; "
+                                                           "default: fresh Shapes-world captions."),
+               seed: int = typer.Option(1, help="Seed of the noise (pair i: seed + i) and of the Shapes captions."),
+               batch_size: int = typer.Option(64, help="Images per teacher call."),
+               overwrite: bool = OVERWRITE):
+    """Teacher noise -> image pairs for the regression loss of score distillation (dmd.regression_pairs)."""
+    from hypersd.data.pairs import is_pair_file, sample_pairs, save_pairs
+    from hypersd.inference.prompts import read_prompt_file
+    from hypersd.models.pipelines import load_pipeline
+    from hypersd.shapes.batches import ShapesStream
+
+    require(n > 0 and steps > 0 and batch_size > 0, "--n, --steps and --batch-size must be positive")
+    require(guidance >= 1, f"--guidance must be >= 1, got {guidance}")
+    require(out.suffix == ".safetensors", f"--out must end in .safetensors, got {out}")
+    require(overwrite or not out.exists(), f"{out} exists; pass --overwrite to replace it")
+    require(not out.exists() or is_pair_file(out), f"{out} exists and is not a teacher pair file; not replacing it")
+    require_writable_dir(out.parent)
+    require_model_folder(model)
+    if prompts is not None:
+        given = read_prompt_file(prompts)
+        require(len(given) > 0, f"{prompts} holds no prompts")
+        captions = [given[i % len(given)] for i in range(n)]
+    else:
+        captions = [s.caption for s in ShapesStream(seed).scenes(n)]
+    pipe = load_pipeline(model)
+    pipe.set_progress_bar_config(disable=True)
+    pairs = sample_pairs(pipe, captions, steps, guidance, seed, batch_size)
+    pairs.info["teacher"] = str(model)
+    save_pairs(out, pairs)
+    typer.echo(f"wrote {n} teacher pairs to {out}")

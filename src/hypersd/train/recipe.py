@@ -74,6 +74,14 @@ class ScoreDistillation:
                                       # from base + LoRA, saved as a diffusers pipeline folder)
     batch_size: int = 0               # the stage's batch (0 = training.batch_size); DMD's gradient is noisy,
                                       # so many small steps beat few large ones at equal cost
+    regression_weight: float = 0.0    # DMD's regression loss (DMD sec. 3.3, eq. 9; DMD uses 0.25): the generator's
+                                      # jump from stored noise z to the teacher's deterministic sample from z;
+                                      # 0 = none (DMD2's regression-free training)
+    regression_pairs: str = ""        # the teacher pair file it reads (`hypersd data pairs`)
+    regression_distance: str = "pseudo-huber"  # mse | pseudo-huber (c = regression_huber_c per latent element);
+                                      # DMD's LPIPS has no pretrained network here
+    regression_huber_c: float = 0.03
+    regression_batch_size: int = 0    # pairs per generator update (0 = the stage's batch)
 
     def validate(self, where: str) -> None:
         _require(0 < self.generator_timestep <= 999, where, "generator_timestep must be in (0, 999]")
@@ -88,6 +96,12 @@ class ScoreDistillation:
                  "the GAN term needs both gan_weight (generator) and gan_classifier_weight (head) > 0, or both 0")
         _require(all(isinstance(n, int) and 1 <= n <= 100 for n in self.backward_simulation), where,
                  "backward_simulation lists step counts in [1, 100], e.g. [1, 2, 4]")
+        _require(self.regression_weight >= 0 and self.regression_batch_size >= 0 and self.regression_huber_c > 0,
+                 where, "need regression_weight >= 0, regression_batch_size >= 0 and regression_huber_c > 0")
+        _require(self.regression_distance in ("mse", "pseudo-huber"), where,
+                 f"regression_distance must be mse or pseudo-huber, got {self.regression_distance!r}")
+        _require(self.regression_weight == 0 or bool(self.regression_pairs), where,
+                 "regression_weight > 0 needs regression_pairs (a file made by `hypersd data pairs`)")
         _require(self.generator in ("lora", "unet"), where, f"generator must be lora or unet, got {self.generator!r}")
         _require(self.generator == "lora" or self.generator_timestep != 999, where,
                  "the unified model (generator_timestep 999) is a LoRA; a full-UNet generator is the dedicated "
@@ -134,8 +148,8 @@ class Stage:
                  "loss weights must be >= 0")
         _require(self.method == "dmd" or self.mse_weight + self.huber_weight + self.adversarial_weight > 0, where,
                  "at least one loss weight must be > 0")  # score distillation has dmd_weight besides
-        _require(self.method != "dmd" or self.dmd.dmd_weight + self.mse_weight > 0, where,
-                 "a dmd stage needs dmd.dmd_weight or mse_weight > 0")
+        _require(self.method != "dmd" or self.dmd.dmd_weight + self.mse_weight + self.dmd.regression_weight > 0,
+                 where, "a dmd stage needs dmd.dmd_weight, dmd.regression_weight or mse_weight > 0")
         _require(self.method != "dmd" or self.huber_weight + self.adversarial_weight == 0, where,
                  "a dmd stage uses mse_weight (the consistency term) only; set huber_weight and adversarial_weight to 0")
         _require(self.method != "dmd" or self.dmd.generator != "unet" or self.mse_weight == 0, where,

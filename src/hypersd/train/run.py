@@ -43,6 +43,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 
 from hypersd.data.batches import batch_source
+from hypersd.data.pairs import is_pair_file
 from hypersd.errors import UserError
 from hypersd.io import LOCK_FILE, atomic_file, folder_lock
 from hypersd.lora.adapters import (
@@ -94,6 +95,17 @@ def frozen_dtype(recipe: Recipe) -> torch.dtype:
     return mixed if mixed is not None and recipe.training.frozen_precision == "auto" else torch.float32
 
 
+def _check_pair_files(recipe: Recipe) -> None:
+    """Fail now, in one line, if a regression stage's teacher pair file is missing or foreign."""
+    for i, stage in enumerate(recipe.stages):
+        if stage.method == "dmd" and stage.dmd.regression_weight > 0:
+            path = Path(stage.dmd.regression_pairs)
+            if not is_pair_file(path):
+                problem = "not found" if not path.exists() else "not a teacher pair file"
+                raise UserError(f"stages.{i}.dmd.regression_pairs: {path} {problem} (make one with "
+                                "`hypersd data pairs`, or pass --set)")
+
+
 def _check_reward_files(recipe: Recipe) -> None:
     """Missing reward weights stop the run before it starts, not when the feedback stage begins."""
     for stage in recipe.stages:
@@ -132,6 +144,7 @@ class Run:
                                        gradient_accumulation_steps=recipe.training.gradient_accumulation)
         require_supported(self.accelerator)
         _check_reward_files(recipe)
+        _check_pair_files(recipe)
         self.model = load_model(model_dir, device=self.accelerator.device, dtype=frozen_dtype(recipe))
         self.model.freeze_base()
         if recipe.training.gradient_checkpointing:

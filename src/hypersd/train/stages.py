@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from hypersd.data.pairs import load_pairs
 from hypersd.errors import UserError
 from hypersd.inference.sample import generate, write_samples
 from hypersd.inference.settings import SampleSettings
@@ -58,9 +59,11 @@ class StageLoop:
             feedback = None
             if stage.dmd.with_feedback:  # ReFL images start where the generator does: noise at t_g
                 feedback = self._feedback(generator or run.model, first_timestep=stage.dmd.generator_timestep)
+            pairs = load_pairs(stage.dmd.regression_pairs) if stage.dmd.regression_weight > 0 else None
             return ScoreDistillation(run.model, stage, student, target, run.fake_optimizer, feedback,
                                      generator_model=generator,
-                                     classifier=run.score_classifier if stage.dmd.gan_weight > 0 else None)
+                                     classifier=run.score_classifier if stage.dmd.gan_weight > 0 else None,
+                                     pairs=pairs)
         return TSCD(run.model, stage, run.discriminator if stage.adversarial_weight > 0 else None,
                     student=student, target=target)
 

@@ -18,7 +18,10 @@ update, which also shapes the fake LoRA), and the generator gets the non-saturat
 
 Generator loss: dmd_weight * DMD (eq. 7-8 of DMD: grad = (x0_fake(x_t) - x0_real(x_t)) / mean|x -
 x0_real(x_t)|, loss = 0.5 ||x - sg(x - grad)||^2) + gan_weight * softplus(-D(x_t)) + mse_weight * the
-TSCD consistency MSE (0: DMD2's regression-free training) + the feedback terms with dmd.with_feedback.
+TSCD consistency MSE + regression_weight * DMD's regression loss on teacher pairs (DMD eq. 9: d(G(z),
+y), y the teacher's deterministic sample from z; hypersd.data.pairs) + the feedback terms with
+dmd.with_feedback. mse_weight = regression_weight = 0 is DMD2's regression-free training. With
+dmd_weight = gan_weight = 0 (a pure regression stage) the fake score is not updated.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from hypersd.core.losses import discriminator_loss, dmd_gradient, dmd_loss, generator_loss
+from hypersd.core.losses import discriminator_loss, dmd_gradient, dmd_loss, generator_loss, mse, pseudo_huber
 from hypersd.core.segments import trailing_timesteps
 from hypersd.core.solver import predict_x0
 from hypersd.lora.adapters import FAKE
@@ -63,8 +66,11 @@ class ScoreDistillation:
     "fake"), whose parameters the fake optimizer also steps; needed when dmd.gan_weight > 0."""
 
     def __init__(self, model, stage, student, target, fake_optimizer, feedback=None, generator_model=None,
-                 classifier=None):
+                 classifier=None, pairs=None):
         self.model, self.stage, self.cfg, self.student = model, stage, stage.dmd, student
+        self.pairs = pairs  # hypersd.data.pairs.TeacherPairs, for regression_weight > 0
+        if self.cfg.regression_weight > 0 and pairs is None:
+            raise ValueError("dmd.regression_weight > 0 needs the teacher pairs")
         self.generator = generator_model or model
         self.fake_optimizer, self.feedback, self.classifier = fake_optimizer, feedback, classifier
         if self.cfg.gan_weight > 0 and classifier is None:
@@ -127,12 +133,47 @@ class ScoreDistillation:
         return {k: v.detach() for k, v in parts.items()}
 
     # ---------------------------------------------------------------- the generator's loss
+    @property
+    def distribution_matching(self) -> bool:
+        """Whether the fake score is needed: the DMD or the GAN term is on."""
+        return self.cfg.dmd_weight > 0 or self.cfg.gan_weight > 0
+
+    def regression(self, n: int, device) -> torch.Tensor:
+        """DMD's regression loss (DMD sec. 3.3, eq. 9) on n stored teacher pairs: the generator reads the
+        pair's noise at its own timestep t_g and jumps to x0, compared with the teacher's sample y."""
+        cfg = self.cfg
+        z, y, captions = self.pairs.draw(n, device)
+        x0 = generate_x0(self.generator, self.student, z, cfg.generator_timestep, self.model.encode_prompts(captions))
+        if cfg.regression_distance == "mse":
+            return mse(x0, y).mean()
+        return pseudo_huber(x0, y, cfg.regression_huber_c).mean()
+
     def losses(self, x0, cond, uncond, captions=None) -> dict[str, torch.Tensor]:
         """`fake_updates` fake-score steps on fresh generator samples, then the generator's loss:
         dmd_weight * DMD (DMD eq. 7-8: the sample noised to x_t, real score = guided teacher, fake
         score = the fake LoRA) + gan_weight * the non-saturating GAN loss of the head (DMD2 sec. 4.3)
-        + mse_weight * the TSCD consistency MSE + the feedback terms (Hyper-SD section 3.3)."""
-        m, cfg, st = self.model, self.cfg, self.stage
+        + regression_weight * DMD's regression loss on teacher pairs + mse_weight * the TSCD consistency
+        MSE + the feedback terms (Hyper-SD section 3.3)."""
+        cfg, st = self.cfg, self.stage
+        parts, total = {}, x0.new_zeros(())
+        if self.distribution_matching:
+            parts, total = self._distribution_matching(x0, cond, uncond)
+        if cfg.regression_weight > 0:
+            parts["regression"] = self.regression(cfg.regression_batch_size or x0.shape[0], x0.device)
+            total = total + cfg.regression_weight * parts["regression"]
+        if self.consistency is not None:
+            parts["mse"] = self.consistency.losses(x0, cond, uncond)["mse"]
+            total = total + st.mse_weight * parts["mse"]
+        if self.feedback is not None:
+            fb = self.feedback.losses(x0, cond, uncond, captions)
+            parts.update({k if k != "loss" else "feedback": v for k, v in fb.items()})
+            total = total + fb["loss"]
+        parts["loss"] = total
+        return parts
+
+    def _distribution_matching(self, x0, cond, uncond) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The fake-score updates, then dmd_weight * DMD + gan_weight * GAN on a fresh generator sample."""
+        m, cfg = self.model, self.cfg
         parts = {}
         for _ in range(cfg.fake_updates):
             with torch.no_grad():
@@ -153,15 +194,7 @@ class ScoreDistillation:
         if cfg.gan_weight > 0:  # the same noised point, with gradient into x
             parts["gan"] = generator_loss(self.classifier(m, m.add_noise(x, eps, t), t, cond)).mean()
             total = total + cfg.gan_weight * parts["gan"]
-        if self.consistency is not None:
-            parts["mse"] = self.consistency.losses(x0, cond, uncond)["mse"]
-            total = total + st.mse_weight * parts["mse"]
-        if self.feedback is not None:
-            fb = self.feedback.losses(x0, cond, uncond, captions)
-            parts.update({k if k != "loss" else "feedback": v for k, v in fb.items()})
-            total = total + fb["loss"]
-        parts["loss"] = total
-        return parts
+        return parts, total
 
     def after_step(self) -> None:
         if self.consistency is not None:
