@@ -183,7 +183,8 @@ def main() -> None:
                "loras": {k: str(v) for k, v in loras.items()}, "folded": str(args.folded), "rows": rows}
     pairs = [(f"CFG-preserved ({DEFAULT_VARIANT}) @{s} g5", f"folded TSCD @{s} g5") for s in args.steps]
     pairs += [(f"CFG-preserved ({DEFAULT_VARIANT}) @{s} g5", f"folded TSCD @{s} g1") for s in args.steps]
-    pairs += [("CFG-preserved (B) @8 g5", f"CFG-preserved ({DEFAULT_VARIANT}) @8 g5")] if "B" in loras else []
+    pairs += [(f"CFG-preserved (B) @8 g{g:g}", f"CFG-preserved ({DEFAULT_VARIANT}) @8 g{g:g}")
+              for g in (3.0, 5.0, 8.0)] if "B" in loras else []
     summary["comparisons"] = compare_rows(summary, prompts, pairs)
 
     pipe = load_pipeline(TEACHER)
@@ -208,6 +209,17 @@ def main() -> None:
     write(summary, args, grid)
 
 
+def variant_choice(rows: list[dict]) -> str:
+    """Which variant the recipe keeps: the higher mean ShapesEval at guidance 5 and 8 (the release's range), 8 steps."""
+    score = {r["label"]: r["shapes_eval"]["overall"] for r in rows}
+    means = {v: np.mean([score[f"CFG-preserved ({v}) @8 g{g}"] for g in (5, 8)]) for v in ("A", "B")}
+    best = max(means, key=means.get)
+    return (f"Variant choice (mean ShapesEval at guidance 5 and 8, the release's range, 8 steps): A {means['A']:.3f}, "
+            f"B {means['B']:.3f}; the recipe's default is {DEFAULT_VARIANT}"
+            f"{' (the better one)' if best == DEFAULT_VARIANT else ' although ' + best + ' scores higher'}. B's teacher "
+            "guidance up to 2 folds part of the guidance into the student, so its best guidance moves down (g3).")
+
+
 def write(summary: dict, args, grid: Path) -> None:
     models = [f"CFG-preserved ({DEFAULT_VARIANT})", "folded TSCD", "teacher DDIM"]
     lines = ["# CFG-preserved TSCD (issue 16)", "",
@@ -220,6 +232,7 @@ def write(summary: dict, args, grid: Path) -> None:
         lines += pivot(summary["rows"], models, steps) + [""]
     if "B" in summary["loras"]:
         lines += pivot(summary["rows"], ["CFG-preserved (B)"], 8) + [""]
+        lines += [variant_choice(summary["rows"]), ""]
     else:
         lines += ["Variant B (teacher guidance ~ U[1, 2], dropout 0.2) is not measured in this run.", ""]
     t50 = next(r for r in summary["rows"] if r["label"] == "teacher DDIM @50 g5")

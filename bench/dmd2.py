@@ -7,6 +7,10 @@ The runs live in bench/runs/long/<name> and are trained by the CLI (in the backg
     dmd2-one-step-base-s{seed}     configs/dmd2-one-step.yaml from the base model (Table 5: "DMD alone")
     dmd2-one-step-tscd-s{seed}     configs/dmd2-one-step.yaml from tscd-s{seed}'s k1 LoRA ("TSCD + DMD")
     dmd2-unified-tscd-s{seed}      configs/dmd2-unified.yaml from tscd-s{seed}'s k1 LoRA
+    one-step-regression-s{seed}    configs/one-step-regression.yaml from tscd-s{seed}'s k1 LoRA: DMD's regression
+                                   loss alone on teacher pairs (bench/runs/pairs/, made first if missing)
+    one-step-dmd-regression-s{seed} configs/one-step-dmd-regression.yaml from one-step-regression-s{seed}:
+                                   DMD2 + the regression loss
     ablation-<variant>-s0          dmd2-one-step-tscd with one DMD2 addition switched off, a shorter budget,
                                    against dmd2-one-step-tscd-s0's snapshot at that step
                                    (ttur-1-same-time: one fake update per step, 3x the steps: about the
@@ -59,23 +63,33 @@ QUICK = ["training.save_lora_every=1", "training.batch_size=4", "data.pool_size=
          "training.eval_prompts=8", "training.checkpoint_every=2"]
 
 
+PAIRS = RUNS / "pairs" / "teacher-ddim16-g5-6000.safetensors"  # hypersd data pairs, its defaults
+PAIRS_COMMAND = f"hypersd data pairs --model assets/tiny-sd --n 6000 --steps 16 --out {PAIRS.relative_to(ROOT)}"
+ONE_STEP_LORA = "loras/dmd-one-step-t800.safetensors"
+
+
 def plan(seeds: list[int]) -> dict[str, tuple[Path, str | None, list[str]]]:
-    """Every run: name -> (recipe file, the run whose tscd-k1 LoRA starts it, overrides)."""
+    """Every run: name -> (recipe file, the LoRA that starts it relative to the runs' root, overrides)."""
     runs = {}
+    pairs = [f"stages.0.dmd.regression_pairs={PAIRS.relative_to(ROOT)}"]
     for seed in seeds:
         s = [f"training.seed={seed}"] if seed else []
+        k1 = f"tscd-s{seed}/loras/tscd-k1.safetensors"
         runs[f"tscd-s{seed}"] = (CONFIGS / "tscd.yaml", None, s)
         runs[f"dmd2-one-step-base-s{seed}"] = (CONFIGS / "dmd2-one-step.yaml", None, s)
-        runs[f"dmd2-one-step-tscd-s{seed}"] = (CONFIGS / "dmd2-one-step.yaml", f"tscd-s{seed}", s)
-        runs[f"dmd2-unified-tscd-s{seed}"] = (CONFIGS / "dmd2-unified.yaml", f"tscd-s{seed}", s)
+        runs[f"dmd2-one-step-tscd-s{seed}"] = (CONFIGS / "dmd2-one-step.yaml", k1, s)
+        runs[f"dmd2-unified-tscd-s{seed}"] = (CONFIGS / "dmd2-unified.yaml", k1, s)
+        runs[f"one-step-regression-s{seed}"] = (CONFIGS / "one-step-regression.yaml", k1, s + pairs)
+        runs[f"one-step-dmd-regression-s{seed}"] = (CONFIGS / "one-step-dmd-regression.yaml",
+                                                    f"one-step-regression-s{seed}/{ONE_STEP_LORA}", s + pairs)
     for variant, overrides in ABLATIONS.items():
-        runs[f"ablation-{variant}-s0"] = (CONFIGS / "dmd2-one-step.yaml", "tscd-s0",
+        runs[f"ablation-{variant}-s0"] = (CONFIGS / "dmd2-one-step.yaml", "tscd-s0/loras/tscd-k1.safetensors",
                                           [f"stages.0.iterations={ABLATION_ITERATIONS}", *overrides])
     return runs
 
 
 def init_lora(root: Path, init: str | None) -> Path | None:
-    return None if init is None else root / init / "loras" / "tscd-k1.safetensors"
+    return None if init is None else root / init
 
 
 def command(name: str, entry, root: Path) -> str:
@@ -100,8 +114,28 @@ def train(name: str, entry, root: Path, quick: bool) -> None:
     out = root / name
     if finished(out):
         return
+    if any(st.method == "dmd" and st.dmd.regression_weight > 0 for st in recipe.stages):
+        pairs = root / "pairs-quick.safetensors" if quick else PAIRS
+        if not pairs.is_file():
+            make_pairs(pairs, 64 if quick else 6000)
+        recipe = load_recipe(recipe_file, overrides + (QUICK + _quick_iterations(recipe_file) if quick else [])
+                             + [f"stages.0.dmd.regression_pairs={pairs}"])
     Run(recipe, TEACHER, out, init_lora=init_lora(root, init), monitor=run_monitor(recipe)).train(
         resume=has_checkpoint(out))
+
+
+def make_pairs(path: Path, n: int) -> None:
+    """The teacher pairs of the regression runs (as PAIRS_COMMAND makes them)."""
+    from hypersd.data.pairs import sample_pairs, save_pairs
+    from hypersd.models.pipelines import load_pipeline
+    from hypersd.shapes.batches import ShapesStream
+
+    pipe = load_pipeline(TEACHER)
+    pipe.set_progress_bar_config(disable=True)
+    pairs = sample_pairs(pipe, [s.caption for s in ShapesStream(1).scenes(n)], steps=16, guidance=5.0, seed=1)
+    pairs.info["teacher"] = str(TEACHER)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_pairs(path, pairs)
 
 
 def _quick_iterations(recipe_file: Path) -> list[str]:
@@ -133,6 +167,8 @@ def rows_for(root: Path, names: list[str], ablation_step: int = ABLATION_ITERATI
 def comparisons(summary: dict, prompts: list[str]) -> list[dict]:
     """Table 5 (TSCD + DMD2 vs DMD2 alone, per seed) and each ablation vs full DMD2, paired."""
     pairs = [(f"dmd2-one-step-tscd-s{s} @1", f"dmd2-one-step-base-s{s} @1") for s in (0, 1)]
+    pairs += [(f"one-step-dmd-regression-s{s} @1", f"dmd2-one-step-tscd-s{s} @1") for s in (0, 1)]
+    pairs += [(f"one-step-dmd-regression-s{s} @1", f"one-step-regression-s{s} @1") for s in (0, 1)]
     pairs += [(FULL_AT_ABLATION, f"ablation-{v}-s0 @1") for v in ABLATIONS]
     return compare_rows(summary, prompts, pairs)
 
@@ -212,7 +248,7 @@ def main() -> None:
                        n_real=args.n_real)
     summary["training"] = {n: {"hours": _hours(root / n)} for n in done}
     summary["comparisons"] = comparisons(summary, prompts)
-    summary["commands"] = [command(n, runs[n], root) for n in done]
+    summary["commands"] = [PAIRS_COMMAND] + [command(n, runs[n], root) for n in done]
     summary["curves"] = curves(root, done)
     stem = write_results(f"dmd2{'-quick' * args.quick}", summary, markdown(summary))
     plot_curves(summary["curves"], stem.parent / f"dmd2-curves{'-quick' * args.quick}.png")
