@@ -8,7 +8,7 @@ from pathlib import Path
 
 from hypersd.io import atomic_file
 
-LOSS_PARTS = ("loss", "dmd", "gan", "mse", "fake", "classifier")
+LOSS_PARTS = ("loss", "dmd", "gan", "mse", "regression", "fake", "classifier")
 
 
 def read_log(run_dir: Path) -> list[dict]:

@@ -1,0 +1,117 @@
+"""The dedicated one-step model and the unified LoRA (issue 14): every recipe tried, on the full
+evaluator in one run, so that every pair of rows is a paired comparison (same prompts, same seeds):
+
+- DMD2 alone (configs/dmd2-one-step.yaml from the base model) against TSCD + DMD2 (from TSCD's k1
+  LoRA): the Table 5 analogue at one step;
+- DMD's regression loss on teacher pairs alone (configs/one-step-regression.yaml), and DMD2 with it
+  (configs/one-step-dmd-regression.yaml, from the regression LoRA);
+- the same regression alone with a full-UNet generator (dmd.generator: unet);
+- the unified LoRA at 1, 2, 4 and 8 steps: the shipped one against it continued with the regression
+  loss at its one-step jump (configs/unified-regression.yaml);
+- the teacher at 50 guided steps; ratios to it against the issue's targets (one-step model: ShapesEval
+  >= 0.85x, FD <= 1.1x; unified @1 >= 0.6x, @2 >= 0.9x); quick ShapesEval (120 prompts) against
+  training hours from every run's log.
+
+    python bench/one_step_table.py
+    python bench/one_step_table.py --row "NAME=RUN/snapshots/FILE.safetensors" ...   # other rows
+Writes bench/results/one_step_table.{json,md,png} and one_step_curves.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+from common import RESULTS, RUNS, compare_rows, comparison_table, write_results  # bench/common.py
+from dmd2 import plot_curves  # bench/dmd2.py
+
+from hypersd.assets import EVALUATOR, TEACHER, TEACHER_GUIDANCE, UNIFIED_LORA
+from hypersd.embedded.evaluator.evaluate import Row, evaluate, markdown_table
+from hypersd.embedded.rows import metadata_settings
+from hypersd.inference.settings import SampleSettings
+from hypersd.progress import quiet_libraries
+from hypersd.shapes.prompts import standard_prompts
+from hypersd.train.curves import progress_series, read_log
+
+LONG = RUNS / "long"
+TEACHER_ROW = "teacher DDIM @50"
+ROWS = {  # label -> (run, snapshot step)
+    "DMD2 alone (from the base), 700 it": ("dmd2-one-step-base-s0", 700),
+    "TSCD + DMD2, 300 it (shipped)": ("dmd2-one-step-tscd-s0", 300),
+    "regression alone, 500 it": ("one-step-regression-s0", 500),
+    "DMD2 + regression, 150 it": ("one-step-dmd-regression-s0", 150),
+}
+UNET_ROW = "regression alone, full UNet, 1500 it"
+UNET_FOLDER = LONG / "one-step-regression-unet-s0" / "one-step-t800-unet"
+UNIFIED = {"unified (shipped)": UNIFIED_LORA,
+           "unified + regression, 400 it": LONG / "unified-regression-s0" / "loras" / "dmd-unified.safetensors"}
+CURVES = ["dmd2-one-step-base-s0", "dmd2-one-step-tscd-s0", "one-step-regression-s0", "one-step-regression-unet-s0",
+          "one-step-dmd-regression-s0", "unified-regression-s0"]
+TARGETS = {"shapes_eval": 0.85, "fd": 1.1}
+
+
+def snapshot(run: str, step: int) -> Path:
+    return LONG / run / "snapshots" / f"one-step-t800-{step:07d}.safetensors"
+
+
+def ratios(summary: dict) -> list[str]:
+    teacher = next(r for r in summary["rows"] if r["label"] == TEACHER_ROW)
+    acc, fd = teacher["shapes_eval"]["overall"], teacher["fd"]
+    lines = ["Targets: one-step model ShapesEval >= 0.85x and FD <= 1.1x the teacher's; unified @1 >= 0.6x, @2 >= 0.9x, "
+             "@4 and @8 no worse than 0.427 / 0.485 within the interval. The bracket is the row's 95% interval "
+             "divided by the teacher's value.", "",
+             "| model | ShapesEval / teacher | FD / teacher |", "|---|---|---|"]
+    for r in summary["rows"]:
+        if r["label"] != TEACHER_ROW:
+            lo, hi = r["shapes_eval_ci95"]
+            lines.append(f"| {r['label']} | {r['shapes_eval']['overall'] / acc:.2f}x [{lo / acc:.2f}, {hi / acc:.2f}] | "
+                         f"{r['fd'] / fd:.2f}x |")
+    return lines
+
+
+def main() -> None:
+    quiet_libraries()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--row", action="append", default=[], help="LABEL=LORA_FILE, an extra row")
+    parser.add_argument("--prompts", type=int, default=600)
+    parser.add_argument("--n-real", type=int, default=2000)
+    args = parser.parse_args()
+    files = {label: snapshot(*where) for label, where in ROWS.items()}
+    files.update(dict(item.split("=", 1) for item in args.row))
+    missing = [f"{label}: {path}" for label, path in files.items() if not Path(path).is_file()]
+    if missing:
+        raise SystemExit("missing snapshots (bench/checkpoint_snapshot.py makes one from a checkpoint): "
+                         + "; ".join(missing))
+    rows = [Row(TEACHER_ROW, SampleSettings(steps=50, scheduler="ddim", guidance=TEACHER_GUIDANCE))]
+    rows += [Row(label, metadata_settings(Path(path))) for label, path in files.items()]
+    if UNET_FOLDER.is_dir():
+        rows.append(Row(UNET_ROW, SampleSettings(steps=1, scheduler="lcm", guidance=0.0, timesteps=[800]),
+                        model=UNET_FOLDER))
+    for label, lora in UNIFIED.items():
+        if Path(lora).is_file():
+            rows += [Row(f"{label} @{n}", replace(metadata_settings(Path(lora)), steps=n)) for n in (1, 2, 4, 8)]
+    prompts = standard_prompts()[: args.prompts]
+    summary = evaluate(TEACHER, rows, prompts, EVALUATOR, RUNS / "one-step-table", n_real=args.n_real)
+    summary["files"] = {k: str(v) for k, v in files.items()}
+    labels = [*files, UNET_ROW]
+    pairs = [("TSCD + DMD2, 300 it (shipped)", "DMD2 alone (from the base), 700 it")]
+    pairs += [(a, b) for i, a in enumerate(labels) for b in labels[i + 1:] if (a, b) != pairs[0] and (b, a) != pairs[0]]
+    names = list(UNIFIED)
+    pairs += [(f"{names[1]} @{n}", f"{names[0]} @{n}") for n in (1, 2, 4, 8)]
+    summary["comparisons"] = compare_rows(summary, prompts, pairs)
+    summary["curves"] = {f"{run} {label.split(' ', 1)[1]}": points for run in CURVES if (LONG / run).is_dir()
+                         for label, points in progress_series(read_log(LONG / run))[1].items()}
+    lines = ["# The dedicated one-step model: every recipe tried (issue 14)", "",
+             f"{len(prompts)} ShapesEval prompts (± half-width of the 95% bootstrap interval over prompts), FD against "
+             f"{args.n_real} real renders (± sd over 5 bootstrap resamples of the generated set); every row is the "
+             "snapshot named, sampled at its metadata's settings (LCM at timestep 800).", "",
+             markdown_table(summary), *ratios(summary), "", *comparison_table(summary["comparisons"]), "",
+             "Quick ShapesEval (120 prompts) against training hours on the 2-core CPU: `one_step_curves.png`.", "",
+             "Command: `python bench/one_step_table.py`"]
+    write_results("one_step_table", summary, "\n".join(lines) + "\n")
+    plot_curves(summary["curves"], RESULTS / "one_step_curves.png")
+
+
+if __name__ == "__main__":
+    main()
