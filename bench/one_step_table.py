@@ -105,7 +105,8 @@ def main() -> None:
     lines = ["# The dedicated one-step model: every recipe tried (issue 14)", "",
              f"{len(prompts)} ShapesEval prompts (± half-width of the 95% bootstrap interval over prompts), FD against "
              f"{args.n_real} real renders (± sd over 5 bootstrap resamples of the generated set); every row is the "
-             "snapshot named, sampled at its metadata's settings (LCM at timestep 800).", "",
+             "model named at its metadata's settings (one-step rows: LCM at timestep 800; unified rows: TCD, eta 0.3, "
+             "at the steps named).", "",
              markdown_table(summary), *ratios(summary), "", *comparison_table(summary["comparisons"]), "",
              "Quick ShapesEval (120 prompts) against training hours on the 2-core CPU: `one_step_curves.png`.", "",
              "Command: `python bench/one_step_table.py`"]

@@ -38,7 +38,7 @@ def test_resolved_yaml_round_trips(tmp_path):
     ("- 1\n- 2\n", "mapping at the top level"),
     ("stages: [\n", "not valid YAML"),
     ("stages:\n  - {mse_weight: 0}\n", "at least one loss weight must be > 0"),
-    ("stages:\n  - {method: dmd, mse_weight: 0, dmd: {dmd_weight: 0}}\n", "needs dmd.dmd_weight or mse_weight > 0"),
+    ("stages:\n  - {method: dmd, mse_weight: 0, dmd: {dmd_weight: 0}}\n", "needs dmd.dmd_weight, dmd.regression_weight or mse_weight > 0"),
     ("stages:\n  - {method: dmd, dmd: {batch_size: -1}}\n", "batch_size must be >= 0"),
     ("stages:\n  - {method: dmd, dmd: {backward_simulation: [0, 2]}}\n", "backward_simulation lists step counts"),
     ("stages:\n  - {method: dmd, dmd: {backward_simulation: 4}}\n", "expected a list"),

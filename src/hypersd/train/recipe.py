@@ -60,26 +60,18 @@ class ScoreDistillation:
     dmd_weight: float = 1.0
     fake_rank: int = 16               # the fake score: a LoRA on the same frozen base
     fake_learning_rate: float = 1e-4
-    fake_updates: int = 1             # fake-score updates per generator update: 1 = DMD's alternation; DMD2's
-                                      # two time-scale update rule uses 5 (sec. 4.2; configs/dmd2-*.yaml)
-    gan_weight: float = 0.0           # generator's non-saturating GAN loss of the classifier head on the fake
-                                      # score's encoder features (DMD2 sec. 4.3: 5e-3); 0 = no head
-    gan_classifier_weight: float = 0.0  # the head's real-vs-generated loss in the fake score's update (it also
-                                      # shapes the fake LoRA, as in DMD2: 1e-2)
-    backward_simulation: list[int] = field(default_factory=list)  # n-step schedules whose intermediate inputs
-                                      # come from the student's own sampler (DMD2 sec. 4.5), e.g. [1, 2, 4] for
-                                      # the unified LoRA; [] = the generator reads pure noise at generator_timestep
+    fake_updates: int = 1             # fake-score updates per generator update (1: DMD; DMD2's TTUR, sec. 4.2: 5)
+    gan_weight: float = 0.0           # non-saturating GAN loss of a head on the fake score's encoder (DMD2 4.3: 5e-3)
+    gan_classifier_weight: float = 0.0  # the head's real-vs-generated loss in the fake update (DMD2: 1e-2)
+    backward_simulation: list[int] = field(default_factory=list)  # n-step schedules (e.g. [1, 2, 4]) whose inputs
+                                      # come from the student's own sampler (DMD2 4.5); [] = pure noise at t_g
     with_feedback: bool = False       # add the stage's feedback terms (section 3.3: "and the feedback losses")
     generator: str = "lora"           # lora, or unet: the dedicated one-step model as a full UNet (initialised
                                       # from base + LoRA, saved as a diffusers pipeline folder)
-    batch_size: int = 0               # the stage's batch (0 = training.batch_size); DMD's gradient is noisy,
-                                      # so many small steps beat few large ones at equal cost
-    regression_weight: float = 0.0    # DMD's regression loss (DMD sec. 3.3, eq. 9; DMD uses 0.25): the generator's
-                                      # jump from stored noise z to the teacher's deterministic sample from z;
-                                      # 0 = none (DMD2's regression-free training)
-    regression_pairs: str = ""        # the teacher pair file it reads (`hypersd data pairs`)
-    regression_distance: str = "pseudo-huber"  # mse | pseudo-huber (c = regression_huber_c per latent element);
-                                      # DMD's LPIPS has no pretrained network here
+    batch_size: int = 0               # the stage's batch (0 = training.batch_size; DMD: many small steps)
+    regression_weight: float = 0.0    # DMD's regression loss (DMD eq. 9; DMD: 0.25): the jump from stored noise z to
+    regression_pairs: str = ""        # the teacher's sample from z, pairs from `hypersd data pairs`; 0 = none
+    regression_distance: str = "pseudo-huber"  # mse | pseudo-huber, c per latent element (DMD's LPIPS needs weights)
     regression_huber_c: float = 0.03
     regression_batch_size: int = 0    # pairs per generator update (0 = the stage's batch)
 
@@ -96,8 +88,8 @@ class ScoreDistillation:
                  "the GAN term needs both gan_weight (generator) and gan_classifier_weight (head) > 0, or both 0")
         _require(all(isinstance(n, int) and 1 <= n <= 100 for n in self.backward_simulation), where,
                  "backward_simulation lists step counts in [1, 100], e.g. [1, 2, 4]")
-        _require(self.regression_weight >= 0 and self.regression_batch_size >= 0 and self.regression_huber_c > 0,
-                 where, "need regression_weight >= 0, regression_batch_size >= 0 and regression_huber_c > 0")
+        _require(min(self.regression_weight, self.regression_batch_size) >= 0 and self.regression_huber_c > 0, where,
+                 "need regression_weight, regression_batch_size >= 0 and regression_huber_c > 0")
         _require(self.regression_distance in ("mse", "pseudo-huber"), where,
                  f"regression_distance must be mse or pseudo-huber, got {self.regression_distance!r}")
         _require(self.regression_weight == 0 or bool(self.regression_pairs), where,
