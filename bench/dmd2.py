@@ -110,32 +110,25 @@ def finished(run: Path) -> bool:
 
 def train(name: str, entry, root: Path, quick: bool) -> None:
     recipe_file, init, overrides = entry
-    recipe = load_recipe(recipe_file, overrides + (QUICK + _quick_iterations(recipe_file) if quick else []))
     out = root / name
     if finished(out):
         return
-    if any(st.method == "dmd" and st.dmd.regression_weight > 0 for st in recipe.stages):
-        pairs = root / "pairs-quick.safetensors" if quick else PAIRS
-        if not pairs.is_file():
-            make_pairs(pairs, 64 if quick else 6000)
-        recipe = load_recipe(recipe_file, overrides + (QUICK + _quick_iterations(recipe_file) if quick else [])
-                             + [f"stages.0.dmd.regression_pairs={pairs}"])
+    pairs = root / "pairs-quick.safetensors" if quick else PAIRS
+    uses_pairs = any(o.startswith("stages.0.dmd.regression_pairs=") for o in overrides)
+    if uses_pairs and not pairs.is_file():
+        make_pairs(pairs, 64 if quick else 6000)
+    recipe = load_recipe(recipe_file, overrides + (QUICK + _quick_iterations(recipe_file) if quick else [])
+                         + ([f"stages.0.dmd.regression_pairs={pairs}"] if uses_pairs else []))
     Run(recipe, TEACHER, out, init_lora=init_lora(root, init), monitor=run_monitor(recipe)).train(
         resume=has_checkpoint(out))
 
 
 def make_pairs(path: Path, n: int) -> None:
     """The teacher pairs of the regression runs (as PAIRS_COMMAND makes them)."""
-    from hypersd.data.pairs import sample_pairs, save_pairs
-    from hypersd.models.pipelines import load_pipeline
+    from hypersd.data.pairs import write_teacher_pairs
     from hypersd.shapes.batches import ShapesStream
 
-    pipe = load_pipeline(TEACHER)
-    pipe.set_progress_bar_config(disable=True)
-    pairs = sample_pairs(pipe, [s.caption for s in ShapesStream(1).scenes(n)], steps=16, guidance=5.0, seed=1)
-    pairs.info["teacher"] = str(TEACHER)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_pairs(path, pairs)
+    write_teacher_pairs(TEACHER, path, [s.caption for s in ShapesStream(1).scenes(n)], steps=16, guidance=5.0, seed=1)
 
 
 def _quick_iterations(recipe_file: Path) -> list[str]:

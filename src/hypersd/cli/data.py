@@ -103,9 +103,8 @@ def data_pairs(model: Path = typer.Option(..., "--model", help="Teacher: a diffu
                batch_size: int = typer.Option(64, help="Images per teacher call."),
                overwrite: bool = OVERWRITE):
     """Teacher noise -> image pairs for the regression loss of score distillation (dmd.regression_pairs)."""
-    from hypersd.data.pairs import is_pair_file, sample_pairs, save_pairs
+    from hypersd.data.pairs import is_pair_file, write_teacher_pairs
     from hypersd.inference.prompts import read_prompt_file
-    from hypersd.models.pipelines import load_pipeline
     from hypersd.shapes.batches import ShapesStream
 
     require(n > 0 and steps > 0 and batch_size > 0, "--n, --steps and --batch-size must be positive")
@@ -121,9 +120,5 @@ def data_pairs(model: Path = typer.Option(..., "--model", help="Teacher: a diffu
         captions = [given[i % len(given)] for i in range(n)]
     else:
         captions = [s.caption for s in ShapesStream(seed).scenes(n)]
-    pipe = load_pipeline(model)
-    pipe.set_progress_bar_config(disable=True)
-    pairs = sample_pairs(pipe, captions, steps, guidance, seed, batch_size)
-    pairs.info["teacher"] = str(model)
-    save_pairs(out, pairs)
+    write_teacher_pairs(model, out, captions, steps, guidance, seed, batch_size)
     typer.echo(f"wrote {n} teacher pairs to {out}")

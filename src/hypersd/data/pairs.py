@@ -68,6 +68,18 @@ def sample_pairs(pipe, captions: list[str], steps: int, guidance: float, seed: i
     return TeacherPairs(torch.cat(noises), torch.cat(latents), list(captions), info)
 
 
+def write_teacher_pairs(model: Path, out: Path, captions: list[str], steps: int, guidance: float, seed: int,
+                        batch_size: int = 64) -> Path:
+    """The teacher pipeline in `model` sampled for the captions (sample_pairs), saved to `out`."""
+    from hypersd.models.pipelines import load_pipeline
+
+    pipe = load_pipeline(model)
+    pipe.set_progress_bar_config(disable=True)
+    pairs = sample_pairs(pipe, captions, steps, guidance, seed, batch_size)
+    pairs.info["teacher"] = str(model)
+    return save_pairs(out, pairs)
+
+
 def save_pairs(path: Path, pairs: TeacherPairs) -> Path:
     """Written under a temporary name and moved into place, so a killed run leaves no half file."""
     meta = {"format": FORMAT, "captions": json.dumps(pairs.captions), "info": json.dumps(pairs.info)}
