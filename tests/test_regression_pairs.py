@@ -179,3 +179,29 @@ def test_cli_data_pairs(tiny_pipeline_dir, tmp_path, monkeypatch, capsys):
     code, text = _cli(["data", "pairs", "--model", str(tiny_pipeline_dir), "--guidance", "0.5",
                        "--out", str(tmp_path / "x.safetensors")], monkeypatch, capsys)
     assert code != 0 and "--guidance" in text
+
+
+def test_init_unet_starts_the_full_unet_generator_from_given_weights(tiny_pipeline_dir, tiny_pairs, tmp_path):
+    """--init-unet: the full-UNet generator starts from the weights given (a pipeline folder, a UNet
+    folder or a file), not from base + LoRA; a foreign file or a LoRA-generator recipe is refused."""
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_pipeline_dir / "unet")
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.add_(0.01)
+    unet.save_pretrained(tmp_path / "trained-unet")
+    keys = "dmd_weight: 0, regression_weight: 1.0, generator: unet"
+    recipe = _recipe(tmp_path, tiny_pairs, keys, iterations=1)
+    run = Run(recipe, tiny_pipeline_dir, tmp_path / "run", init_unet=tmp_path / "trained-unet")
+    started = run.generator_unet(0).state_dict()
+    for name, tensor in unet.state_dict().items():
+        assert torch.equal(started[name], tensor), name
+    save_file({"conv_in.weight": torch.zeros(1)}, str(tmp_path / "foreign.safetensors"))
+    with pytest.raises(UserError, match="does not fit this model"):
+        Run(recipe, tiny_pipeline_dir, tmp_path / "run2", init_unet=tmp_path / "foreign.safetensors").generator_unet(0)
+    with pytest.raises(UserError, match="no UNet weights in"):
+        Run(recipe, tiny_pipeline_dir, tmp_path / "run3", init_unet=tmp_path)
+    lora_recipe = _recipe(tmp_path, tiny_pairs, "dmd_weight: 0, regression_weight: 1.0", iterations=1)
+    with pytest.raises(UserError, match="needs a dmd stage with dmd.generator: unet"):
+        Run(lora_recipe, tiny_pipeline_dir, tmp_path / "run4", init_unet=tmp_path / "trained-unet")

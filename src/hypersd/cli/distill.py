@@ -24,6 +24,9 @@ def distill(recipe: Optional[Path] = typer.Option(None, help="YAML recipe (defau
             resume: bool = typer.Option(False, help="Continue from the run folder's latest checkpoint."),
             init_lora: Optional[Path] = typer.Option(None, help="Start the student from this LoRA file "
                                                       "(run a later phase alone, e.g. feedback on a TSCD LoRA)."),
+            init_unet: Optional[Path] = typer.Option(None, help="Start a full-UNet generator (dmd.generator: unet) "
+                                                      "from these UNet weights: a pipeline folder, a UNet folder "
+                                                      "or a .safetensors file (e.g. continue a one-step model)."),
             device: str = typer.Option("auto", help="auto (cuda if available), cpu or cuda."),
             dry_run: bool = typer.Option(False, help="Print the resolved recipe and exit.")):
     """Distill a model: TSCD stages (Hyper-SD, Algorithm 1), feedback learning and score
@@ -55,7 +58,8 @@ def distill(recipe: Optional[Path] = typer.Option(None, help="YAML recipe (defau
         raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     from hypersd.embedded.monitor import run_monitor
 
-    run = Run(resolved, model, out, device=device, init_lora=init_lora, monitor=run_monitor(resolved))
+    run = Run(resolved, model, out, device=device, init_lora=init_lora, init_unet=init_unet,
+              monitor=run_monitor(resolved))
     metrics = run.train(resume=resume)
     if not run.accelerator.is_main_process:  # several processes: one report
         return

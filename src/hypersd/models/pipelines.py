@@ -107,20 +107,36 @@ def diffusers_unet_keys(state: dict, config) -> dict:
     return convert_ldm_unet_checkpoint(prefixed, dict(config))
 
 
-def load_unet_file(pipe, path: Path) -> None:
-    """Replace the pipeline's UNet weights with a UNet state dict from a .safetensors file (e.g. the
-    released one-step UNet) in diffusers' or the original layout; every key must match."""
-    from safetensors.torch import load_file
+UNET_WEIGHTS = "diffusion_pytorch_model.safetensors"
 
+
+def unet_weights_file(path: Path) -> Path:
+    """The UNet weight file that `path` names: a .safetensors file itself, or UNET_WEIGHTS in a UNet
+    folder or in a pipeline folder's unet/."""
     path = Path(path)
+    if path.is_dir():
+        for candidate in (path / "unet" / UNET_WEIGHTS, path / UNET_WEIGHTS):
+            if candidate.is_file():
+                return candidate
+        raise UserError(f"no UNet weights in {path} (no {UNET_WEIGHTS} there or in its unet/ folder)")
     require(path.is_file(), f"UNet file not found: {path}")
     require(path.suffix == ".safetensors", f"UNet file must be .safetensors (pickle files are refused): {path}")
+    return path
+
+
+def load_unet_weights(unet, path: Path) -> None:
+    """Replace `unet`'s weights with a UNet state dict read from `path` (see unet_weights_file; e.g. the
+    released one-step UNet or a distilled full UNet) in diffusers' or the original layout; every key
+    and shape must match."""
+    from safetensors.torch import load_file
+
+    path = unet_weights_file(path)
     try:
         state = load_file(str(path))
     except Exception as exc:  # safetensors raises its own types for a bad header
         raise UserError(f"cannot read UNet file {path}: not a safetensors file ({type(exc).__name__})") from None
-    own = pipe.unet.state_dict()
-    state = diffusers_unet_keys(state, pipe.unet.config)
+    own = unet.state_dict()
+    state = diffusers_unet_keys(state, unet.config)
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if missing or unexpected:
         example = (unexpected or missing)[0]
@@ -128,7 +144,22 @@ def load_unet_file(pipe, path: Path) -> None:
                         f"unexpected, e.g. {example!r}); it needs the UNet keys of the same architecture")
     bad = [k for k in own if own[k].shape != state[k].shape]
     require(not bad, f"UNet file {path}: {bad[:1]} has another shape than this model's UNet")
-    pipe.unet.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+    unet.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+
+
+def load_unet_file(pipe, path: Path) -> None:
+    """The pipeline's UNet weights replaced by those in `path` (load_unet_weights)."""
+    load_unet_weights(pipe.unet, path)
+
+
+def with_unet_file(pipe, path: Path):
+    """`pipe` with its own copy of the UNet carrying the weights in `path` (a one-step UNet beside the
+    base model); text encoder, VAE and scheduler stay shared."""
+    import copy
+
+    unet = copy.deepcopy(pipe.unet)
+    load_unet_weights(unet, path)
+    return derived_pipeline(pipe, unet=unet)
 
 
 def save_pipeline(pipe, folder: Path, settings: dict | None = None, overwrite: bool = False) -> Path:

@@ -43,7 +43,6 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 
 from hypersd.data.batches import batch_source
-from hypersd.data.pairs import is_pair_file
 from hypersd.errors import UserError
 from hypersd.io import LOCK_FILE, atomic_file, folder_lock
 from hypersd.lora.adapters import (
@@ -61,8 +60,8 @@ from hypersd.lora.adapters import (
 )
 from hypersd.lora.files import load_into_adapter
 from hypersd.models.discriminator import LatentDiscriminator
+from hypersd.models.pipelines import load_unet_weights
 from hypersd.models.sd import load_model
-from hypersd.rewards import check_reward_files
 from hypersd.train.checkpoint import (
     has_checkpoint,
     latest_checkpoint,
@@ -74,6 +73,7 @@ from hypersd.train.checkpoint import (
 from hypersd.train.optim import make_optimizer
 from hypersd.train.outputs import stage_name
 from hypersd.train.parallel import average_before_step, require_supported
+from hypersd.train.preflight import check_inputs, init_unet_file
 from hypersd.train.recipe import Recipe, Stage
 from hypersd.train.stages import StageLoop, finish_stage
 
@@ -95,25 +95,6 @@ def frozen_dtype(recipe: Recipe) -> torch.dtype:
     return mixed if mixed is not None and recipe.training.frozen_precision == "auto" else torch.float32
 
 
-def _check_pair_files(recipe: Recipe) -> None:
-    """Fail now, in one line, if a regression stage's teacher pair file is missing or foreign."""
-    for i, stage in enumerate(recipe.stages):
-        if stage.method == "dmd" and stage.dmd.regression_weight > 0:
-            path = Path(stage.dmd.regression_pairs)
-            if not is_pair_file(path):
-                problem = "not found" if not path.exists() else "not a teacher pair file"
-                raise UserError(f"stages.{i}.dmd.regression_pairs: {path} {problem} (make one with "
-                                "`hypersd data pairs`, or pass --set)")
-
-
-def _check_reward_files(recipe: Recipe) -> None:
-    """Missing reward weights stop the run before it starts, not when the feedback stage begins."""
-    for stage in recipe.stages:
-        if stage.uses_feedback():
-            for spec in stage.feedback.rewards:
-                check_reward_files(spec)
-
-
 def _forget_previous_accelerator() -> None:
     """Let several runs with different precision settings share one process (benchmarks, tests).
 
@@ -131,8 +112,9 @@ class Run:
     (fake score with its GAN head, discriminator heads), the data, the log; `train()` runs the stages."""
 
     def __init__(self, recipe: Recipe, model_dir: Path, out: Path, device: str = "auto",
-                 init_lora: Path | None = None, warn=None, monitor=None):
+                 init_lora: Path | None = None, warn=None, monitor=None, init_unet: Path | None = None):
         self.recipe, self.out = recipe, Path(out)
+        self.init_unet = init_unet_file(recipe, init_unet)  # the full-UNet generator's start (else base + LoRA)
         self.monitor = monitor  # monitor(pipe, SampleSettings) -> float: the quick evaluation (training.eval_every)
         self.elapsed = 0.0      # training seconds so far, across resumes (kept in every checkpoint)
         self.warn = warn or (lambda message: print(message, file=sys.stderr))
@@ -143,8 +125,7 @@ class Run:
         self.accelerator = Accelerator(cpu=use_cpu, mixed_precision=recipe.training.mixed_precision,
                                        gradient_accumulation_steps=recipe.training.gradient_accumulation)
         require_supported(self.accelerator)
-        _check_reward_files(recipe)
-        _check_pair_files(recipe)
+        check_inputs(recipe)
         self.model = load_model(model_dir, device=self.accelerator.device, dtype=frozen_dtype(recipe))
         self.model.freeze_base()
         if recipe.training.gradient_checkpointing:
@@ -156,6 +137,7 @@ class Run:
             add_lora(self.model.unet, recipe.lora.rank, recipe.lora.alpha, recipe.lora.targets, name=name)
         self.score_classifier = None  # the GAN head of score distillation (dmd.gan_weight > 0)
         self.fake_optimizer = self._add_phase_adapters()
+        self.init_lora = None if init_lora is None else str(init_lora)  # what the student started from (logged)
         if init_lora is not None:
             load_into_adapter(self.model.unet, init_lora, STUDENT)
         self.model.unet.set_adapter(STUDENT)
@@ -212,6 +194,8 @@ class Run:
         if self.generator is None:
             self.set_feedback_scale(index)
             self.generator = fused_unet(self.model.unet, self.roles(index)[0]).requires_grad_(True)
+            if self.init_unet is not None:
+                load_unet_weights(self.generator, self.init_unet)
         return self.generator
 
     def roles(self, index: int) -> tuple[list[str], list[str]]:
@@ -330,7 +314,8 @@ class Run:
             self.batches.load_state_dict(states[acc.process_index] if acc.process_index < len(states) else states[0])
         if acc.process_index > 0:  # its own batches and noise; process 0 keeps the single-process stream
             torch.manual_seed(self.recipe.training.seed + acc.process_index)
-        self.log({"event": "data", **self.batches.info(), "resume": position})
+        self.log({"event": "data", **self.batches.info(), "resume": position, "init_lora": self.init_lora,
+                  "init_unet": None if self.init_unet is None else str(self.init_unet)})
 
     def _stage_optimizer(self, index: int, stage: Stage, position: dict | None):
         """The optimizer of what stage `index` trains; on resume, everything restored from the checkpoint."""
