@@ -21,7 +21,7 @@ from pathlib import Path
 
 from common import RESULTS  # bench/common.py
 
-from hypersd.assets import ONE_STEP_LORA, TEACHER, TEACHER_GUIDANCE, UNIFIED_LORA
+from hypersd.assets import ONE_STEP_MODEL, TEACHER, TEACHER_GUIDANCE, UNIFIED_LORA
 from hypersd.progress import quiet_libraries
 
 
@@ -68,7 +68,7 @@ def main() -> None:
     quiet_libraries()
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--one-step", type=Path, default=ONE_STEP_LORA)
+    parser.add_argument("--one-step", type=Path, default=ONE_STEP_MODEL)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--out", default="app_latency")

@@ -36,7 +36,7 @@ def main() -> None:
     from hypersd.progress import quiet_libraries
 
     quiet_libraries()
-    models = offered_models(assets.ONE_STEP_LORA, assets.UNIFIED_LORA, assets.TEACHER_GUIDANCE)
+    models = offered_models(assets.ONE_STEP_MODEL, assets.UNIFIED_LORA, assets.TEACHER_GUIDANCE)
     service = AppService(assets.TEACHER, models, assets.SCRIBBLE_CONTROLNET)
     port = free_port()
     app = launch(service, "127.0.0.1", port, block=False)

@@ -32,7 +32,7 @@ from PIL import Image
 
 from hypersd.assets import (
     EVALUATOR,
-    ONE_STEP_LORA,
+    ONE_STEP_MODEL,
     REFERENCE_SCHEDULER,
     REFERENCE_STEPS,
     SCRIBBLE_CONTROLNET,
@@ -44,12 +44,13 @@ from hypersd.core.intervals import bootstrap_interval, paired_difference, paired
 from hypersd.embedded.evaluator.adherence import TOLERANCE, adherence
 from hypersd.embedded.evaluator.detector import ShapesDetector
 from hypersd.embedded.evaluator.shapes_eval import judge_images
-from hypersd.embedded.rows import metadata_settings
+from hypersd.embedded.rows import metadata_settings, one_step_row
 from hypersd.inference.controlnet import controlnet_pipeline, generation_size, load_controlnet, prepare_control
 from hypersd.inference.grids import labelled_grid
 from hypersd.inference.sample import apply_loras, generate
 from hypersd.inference.settings import SampleSettings
-from hypersd.models.pipelines import load_pipeline
+from hypersd.inference.unet_file import is_unet_file
+from hypersd.models.pipelines import load_pipeline, with_unet_file
 from hypersd.progress import quiet_libraries
 from hypersd.shapes.scribbles import scribble_map
 from hypersd.shapes.world import CATEGORIES, render_array, sample_scene
@@ -88,7 +89,7 @@ def rows_to_run(unified: Path, one_step: Path, steps: list[int], fp16: bool,
         rows += [(f"unified @2, eta {eta:g}", replace(two, eta=eta), "fp32", None) for eta in etas]
         rows += [(f"unified @2, control scale {c:g}", two, "fp32", c) for c in scales]
     if one_step.is_file():
-        rows.append(("one-step @1", metadata_settings(one_step), "fp32", None))
+        rows.append(("one-step @1", one_step_row("one-step @1", one_step).settings, "fp32", None))
     return rows
 
 
@@ -100,9 +101,12 @@ def fp16_copy(folder: Path, tmp: Path):
     return load_controlnet(tmp, dtype=torch.float32)
 
 
-def run_row(pipe, controlnet, settings: SampleSettings, prompts, maps, scale: float, use_control: bool) -> np.ndarray:
+def run_row(pipe, controlnet, settings: SampleSettings, prompts, maps, scale: float, use_control: bool,
+            unet: Path | None = None) -> np.ndarray:
+    """A row's images; `unet`: a full one-step UNet file in place of the base's UNet."""
     pipe.unload_lora_weights()
     apply_loras(pipe, settings.loras)
+    pipe = with_unet_file(pipe, unet) if unet is not None else pipe
     target = controlnet_pipeline(pipe, controlnet) if use_control else pipe
     chunks = []
     for start in range(0, len(prompts), CHUNK):
@@ -114,10 +118,10 @@ def run_row(pipe, controlnet, settings: SampleSettings, prompts, maps, scale: fl
 
 
 def cached_row(label: str, settings: SampleSettings, which: str, scale: float, args,
-               compute) -> tuple[np.ndarray, float]:
+               compute, unet: Path | None = None) -> tuple[np.ndarray, float]:
     """(images, seconds per image) of a row: from bench/runs/scribble-adherence when the same row (settings,
     LoRA files, ControlNet, scale, scenes) already ran, else computed and stored."""
-    files = [Path(s.path) for s in settings.loras] + ([args.controlnet / "diffusion_pytorch_model.safetensors"]
+    files = [Path(s.path) for s in settings.loras] + ([unet] if unet else []) + ([args.controlnet / "diffusion_pytorch_model.safetensors"]
                                                       if which != "none" else [])
     key = json.dumps({"label": label, "settings": settings.record(), "controlnet": which, "scale": scale,
                       "scenes": args.scenes, "files": [[str(f), f.stat().st_size, f.stat().st_mtime] for f in files]})
@@ -199,7 +203,7 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=300)
     parser.add_argument("--controlnet", type=Path, default=SCRIBBLE_CONTROLNET)
     parser.add_argument("--unified", type=Path, default=UNIFIED_LORA)
-    parser.add_argument("--one-step", type=Path, default=ONE_STEP_LORA)
+    parser.add_argument("--one-step", type=Path, default=ONE_STEP_MODEL)
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--name", default="")
@@ -223,8 +227,9 @@ def main() -> None:
         scale = args.scale if scale is None else scale
         row = {"label": label}
         if settings is not None:
+            unet = args.one_step if label == "one-step @1" and is_unet_file(args.one_step) else None
             images[label], seconds = cached_row(label, settings, which, scale, args, lambda: run_row(
-                pipe, controlnets[which], settings, prompts, maps, scale, which != "none"))
+                pipe, controlnets[which], settings, prompts, maps, scale, which != "none", unet), unet)
             row.update(steps=settings.steps, scheduler=settings.scheduler, guidance=settings.guidance,
                        seconds_per_image=round(seconds, 3))
         passed = adherence(detector, images[label], scenes)

@@ -24,10 +24,11 @@ from pathlib import Path
 import torch
 from common import RESULTS  # bench/common.py
 
-from hypersd.assets import ONE_STEP_LORA, TEACHER, TEACHER_GUIDANCE, UNIFIED_LORA
+from hypersd.assets import ONE_STEP_MODEL, TEACHER, TEACHER_GUIDANCE, UNIFIED_LORA
 from hypersd.inference.sample import generate
 from hypersd.inference.settings import SampleSettings
-from hypersd.models.pipelines import load_pipeline
+from hypersd.inference.unet_file import is_unet_file
+from hypersd.models.pipelines import load_pipeline, load_unet_file
 from hypersd.progress import quiet_libraries
 from hypersd.shapes.prompts import standard_prompts
 
@@ -58,7 +59,7 @@ def time_row(pipe, settings: SampleSettings, batch: int, repeats: int) -> float:
 def main() -> None:
     quiet_libraries()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--one-step", type=Path, default=ONE_STEP_LORA)
+    parser.add_argument("--one-step", type=Path, default=ONE_STEP_MODEL)
     parser.add_argument("--unified", type=Path, default=UNIFIED_LORA)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
@@ -66,11 +67,13 @@ def main() -> None:
     args = parser.parse_args()
     for path in (args.one_step, args.unified):
         if not path.is_file():
-            raise SystemExit(f"LoRA not found: {path}")
+            raise SystemExit(f"model file not found: {path}")
     results = []
     for label, settings, lora in rows(args.one_step, args.unified):
         pipe = load_pipeline(TEACHER)
-        if lora is not None:
+        if lora is not None and is_unet_file(lora):  # a full one-step UNet replaces the base's
+            load_unet_file(pipe, lora)
+        elif lora is not None:
             pipe.load_lora_weights(str(lora))
             pipe.fuse_lora()
             pipe.unload_lora_weights()  # the fused weights stay; no adapter layers left to run

@@ -154,7 +154,7 @@ def shipped_server(tmp_path_factory):
     from hypersd.app.service import AppService, offered_models
     from hypersd.app.ui import launch
 
-    models = offered_models(assets.ONE_STEP_LORA, assets.UNIFIED_LORA, assets.TEACHER_GUIDANCE)
+    models = offered_models(assets.ONE_STEP_MODEL, assets.UNIFIED_LORA, assets.TEACHER_GUIDANCE)
     service = AppService(assets.TEACHER, models, assets.SCRIBBLE_CONTROLNET, capacity=4)
     port = free_port()
     app = launch(service, "127.0.0.1", port, block=False)

@@ -12,7 +12,7 @@ SEGMENTER = ASSETS / "shapes-segmenter"  # perceptual model of feedback learning
 STANDARD_PROMPTS = ASSETS / "prompts" / "shapes-eval-600.txt"
 DEMO_RECIPE = ROOT / "configs" / "demo-hyper.yaml"
 # The shipped distilled models of the teacher (assets/README.md: command, seed, run time of each)
-ONE_STEP_LORA = ASSETS / "hypersd-one-step" / "dmd-one-step-t800.safetensors"  # LCM at timesteps [800]
+ONE_STEP_MODEL = ASSETS / "hypersd-one-step" / "hypersd-shapes-1step-unet.safetensors"  # full UNet, LCM [800]
 UNIFIED_LORA = ASSETS / "hypersd-unified" / "dmd-unified.safetensors"           # TCD, eta 0.3, 1-8 steps
 SCRIBBLE_CONTROLNET = ASSETS / "controlnet-scribble"                              # diffusers ControlNet folder
 

@@ -15,6 +15,7 @@ from PIL import Image
 
 from hypersd.errors import UserError, require
 from hypersd.inference.settings import SampleSettings, resolve_settings
+from hypersd.inference.unet_file import is_unet_file, unet_file_settings
 from hypersd.lora.files import LoraSpec
 
 MAX_PROMPT_CHARS = 200
@@ -31,10 +32,12 @@ class Busy(UserError):
 
 @dataclass
 class ModelChoice:
-    """One entry of the model menu: LoRA files over the base model, and whether steps are its own."""
+    """One entry of the model menu: LoRA files over the base model (or a full UNet file in its place), and
+    whether steps are its own."""
 
     label: str
     loras: list[LoraSpec] = field(default_factory=list)
+    unet: Path | None = None            # a distilled full UNet (hypersd.inference.unet_file) replacing the base's
     fixed_steps: int | None = None      # the one-step model: 1; the teacher: 50
     fixed: dict = field(default_factory=dict)  # settings that are not the user's (the teacher's)
 
@@ -42,7 +45,7 @@ class ModelChoice:
         """The model's recommended settings (its metadata, as `hypersd generate` reads them), with the
         user's steps and eta where the model lets them choose."""
         given = {"steps": None if self.fixed_steps else steps, "eta": eta, **self.fixed}
-        chosen = resolve_settings(given, self.loras)
+        chosen = resolve_settings(given, self.loras, fallback=unet_file_settings(self.unet) if self.unet else None)
         if self.fixed_steps:
             chosen["steps"] = self.fixed_steps
         if chosen.get("scheduler") not in ("tcd",):  # eta belongs to TCD sampling only
@@ -52,10 +55,13 @@ class ModelChoice:
 
 
 def offered_models(one_step: Path | None, unified: Path | None, teacher_guidance: float) -> list[ModelChoice]:
-    """The shipped one-step model and unified LoRA where they are, and the teacher for comparison."""
+    """The shipped one-step model (a full UNet file or a LoRA) and unified LoRA where they are, and the
+    teacher for comparison."""
     models = []
     if one_step is not None and Path(one_step).is_file():
-        models.append(ModelChoice("one-step model (1 step)", [LoraSpec(Path(one_step))], fixed_steps=1))
+        one_step = Path(one_step)
+        models.append(ModelChoice("one-step model (1 step)", fixed_steps=1, unet=one_step) if is_unet_file(one_step)
+                      else ModelChoice("one-step model (1 step)", [LoraSpec(one_step)], fixed_steps=1))
     if unified is not None and Path(unified).is_file():
         models.append(ModelChoice("unified LoRA (1-8 steps)", [LoraSpec(Path(unified))]))
     models.append(ModelChoice(TEACHER_LABEL, fixed_steps=50,
@@ -116,7 +122,8 @@ def enlarge(image: np.ndarray, side: int = 256) -> Image.Image:
 
 
 class AppService:
-    """The loaded base pipeline with every offered LoRA as a named adapter, and the ControlNet."""
+    """The loaded base pipeline (with a copy per offered full-UNet model, sharing the rest), the offered
+    LoRAs loaded on demand, and the ControlNet."""
 
     def __init__(self, model_dir: Path, models: list[ModelChoice], controlnet: Path | None = None,
                  capacity: int = 4):
@@ -127,16 +134,24 @@ class AppService:
         self.controlnet = Path(controlnet) if controlnet is not None else None
         self.gate = RequestGate(capacity)
         self.active = None  # the label whose LoRAs are loaded now
+        self.unet_pipes = {}  # full-UNet models: their pipelines, built on first use
 
-    def _use(self, model: ModelChoice) -> None:
-        """The model's LoRAs loaded (as `generate` loads them), unless they already are."""
+    def _use(self, model: ModelChoice):
+        """The pipeline of the model: a full-UNet model's own, else the base one with the model's LoRAs
+        loaded (as `generate` loads them) unless they already are."""
         from hypersd.inference.sample import apply_loras
+        from hypersd.models.pipelines import with_unet_file
 
+        if model.unet is not None:
+            if model.unet not in self.unet_pipes:
+                self.unet_pipes[model.unet] = with_unet_file(self.pipe, model.unet)
+            return self.unet_pipes[model.unet]
         if self.active != model.label:
             self.pipe.unload_lora_weights()
             self.active = None
             apply_loras(self.pipe, model.loras)
             self.active = model.label
+        return self.pipe
 
     def model(self, label: str) -> ModelChoice:
         require(label in self.models, f"unknown model {label!r}; choose one of {', '.join(self.models)}")
@@ -164,15 +179,13 @@ class AppService:
         settings.validate()
         spec = ControlSpec(self.controlnet, Path("canvas.png"), "scribble", float(scale))
         with self.gate.enter():
-            self._use(choice)
-            pipe, control, extra = with_controlnet(self.pipe, spec, sketch)
+            pipe, control, extra = with_controlnet(self._use(choice), spec, sketch)
             images = self._generate(pipe, prompt, settings, seed, count, extra)
         return np.asarray(control), images
 
     def _run(self, prompt, choice, settings, seed, count):
         with self.gate.enter():
-            self._use(choice)
-            return self._generate(self.pipe, prompt, settings, seed, count)
+            return self._generate(self._use(choice), prompt, settings, seed, count)
 
     @staticmethod
     def _generate(pipe, prompt, settings, seed, count, extra=None):

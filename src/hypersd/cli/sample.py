@@ -95,14 +95,14 @@ def generate(prompt: list[str] = typer.Argument(..., help="Prompt(s)."),
     else from the conventions of the released Hyper-SD files (N-step LoRAs: DDIM trailing; 1-step
     unified LoRA: TCD; 1-step UNet: LCM at timestep 800); options override. With --controlnet, the
     preprocessed control image conditions every sample and is saved as control.png beside them."""
-    from hypersd.inference.conventions import released_settings
     from hypersd.inference.sample import apply_loras
     from hypersd.inference.settings import check_negative_prompts, resolve_settings
+    from hypersd.inference.unet_file import unet_file_settings
     from hypersd.models.pipelines import load_pipeline, load_unet_file
 
     given = {"steps": steps, "scheduler": scheduler, "guidance": guidance, "eta": eta, "timesteps": None}
     specs = lora_specs(lora)
-    chosen = resolve_settings(given, specs, base, fallback=released_settings(unet.name) if unet else None)
+    chosen = resolve_settings(given, specs, base, fallback=unet_file_settings(unet) if unet else None)
     settings = sample_settings(chosen, seed, specs)
     negatives = [negative_prompt] * len(prompt) if negative_prompt else None
     check_negative_prompts(negatives, settings)

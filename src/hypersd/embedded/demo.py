@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from hypersd.assets import DEMO_RECIPE, EVALUATOR, ONE_STEP_LORA, TEACHER, TEACHER_GUIDANCE, UNIFIED_LORA
+from hypersd.assets import DEMO_RECIPE, EVALUATOR, ONE_STEP_MODEL, TEACHER, TEACHER_GUIDANCE, UNIFIED_LORA
 from hypersd.embedded.evaluator.evaluate import Row, evaluate
 from hypersd.inference.grids import labelled_grid
 from hypersd.inference.settings import SampleSettings
@@ -109,7 +109,7 @@ def run_demo(out: Path, n_prompts: int = 600, n_real: int = 2000, model: Path = 
     if model == TEACHER:  # the shipped one-step model and unified LoRA, trained on this teacher
         from hypersd.embedded.rows import shipped_rows
 
-        rows += shipped_rows(ONE_STEP_LORA, UNIFIED_LORA)
+        rows += shipped_rows(ONE_STEP_MODEL, UNIFIED_LORA)
     prompts = standard_prompts()[:n_prompts]
     summary = evaluate(model, rows, prompts, evaluator, out, n_real=n_real, log=log)
     summary["distill"] = distill

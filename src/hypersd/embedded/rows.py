@@ -9,6 +9,7 @@ from pathlib import Path
 
 from hypersd.embedded.evaluator.evaluate import Row
 from hypersd.inference.settings import SampleSettings, resolve_settings
+from hypersd.inference.unet_file import is_unet_file, unet_file_settings
 from hypersd.lora.files import LoraSpec
 from hypersd.train.outputs import final_lora, phase_lora, stage_loras
 
@@ -49,15 +50,24 @@ def feedback_rows(run: Path, label: str = "TSCD + feedback", steps=(4,)) -> list
 
 
 def shipped_rows(one_step: Path, unified: Path, steps=(1, 2, 4, 8)) -> list[Row]:
-    """The shipped one-step model and unified LoRA at the settings their metadata recommends (the
-    unified one at each step count); a file that is not there gives no row."""
+    """The shipped one-step model (a full UNet file or a LoRA) and unified LoRA at the settings their
+    metadata recommends (the unified one at each step count); a file that is not there gives no row."""
     rows = []
     if Path(one_step).is_file():
-        rows.append(Row("shipped one-step model @1", metadata_settings(one_step)))
+        rows.append(one_step_row("shipped one-step model @1", Path(one_step)))
     if Path(unified).is_file():
         base = metadata_settings(unified)
         rows += [Row(f"shipped unified LoRA @{s}", replace(base, steps=s)) for s in steps]
     return rows
+
+
+def one_step_row(label: str, model: Path) -> Row:
+    """A one-step model file at its recommended settings: a full UNet (beside the base) or a LoRA."""
+    if not is_unet_file(model):
+        return Row(label, metadata_settings(model))
+    info = resolve_settings({}, [], fallback=unet_file_settings(model))
+    return Row(label, SampleSettings(steps=info["steps"], scheduler=info["scheduler"], guidance=info["guidance"],
+                                     eta=info["eta"], timesteps=info["timesteps"]), unet=model)
 
 
 def metadata_settings(lora: Path) -> SampleSettings:

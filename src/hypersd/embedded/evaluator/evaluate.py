@@ -27,7 +27,7 @@ from hypersd.embedded.evaluator.shapes_eval import accuracy_table, judge_images
 from hypersd.inference.sample import apply_loras, generate, write_samples
 from hypersd.inference.settings import SampleSettings
 from hypersd.io import atomic_file, write_text
-from hypersd.models.pipelines import load_pipeline
+from hypersd.models.pipelines import load_pipeline, with_unet_file
 from hypersd.shapes.batches import to_tensor
 from hypersd.shapes.world import CATEGORIES, render_array, sample_scene
 
@@ -39,6 +39,7 @@ class Row:
     label: str
     settings: SampleSettings
     model: Path | None = None  # another pipeline folder (a distilled full UNet); None: the evaluated model
+    unet: Path | None = None   # a full UNet file in place of the evaluated model's UNet (hypersd.inference.unet_file)
 
 
 @torch.no_grad()
@@ -93,8 +94,10 @@ def evaluate(model: Path, rows: list[Row], prompts: list[str], detector_dir: Pat
         if row.model is not None and other[0] != Path(row.model).resolve():
             other = (Path(row.model).resolve(), load_pipeline(row.model))
         pipe = teacher_pipe if row.model is None else other[1]
+        if row.unet is not None:
+            pipe = with_unet_file(teacher_pipe, row.unet)
         apply_loras(pipe, row.settings.loras)
-        if row.model is None and reference is not None and _same(row.settings, reference_settings):
+        if row.model is None and row.unet is None and reference is not None and _same(row.settings, reference_settings):
             images, seconds = reference, reference_seconds
         else:
             images = generate(pipe, prompts, row.settings, seeds, progress_desc=row.label)
@@ -108,6 +111,7 @@ def evaluate(model: Path, rows: list[Row], prompts: list[str], detector_dir: Pat
         if extra_scores is not None:
             metrics["extra"] = extra_scores(images, prompts)
         entry = {"label": row.label, **row.settings.record(), **({"model": str(row.model)} if row.model else {}),
+                 **({"unet": str(row.unet)} if row.unet else {}),
                  **metrics,
                  "sample_seconds": round(seconds, 1), "samples": str(folder.relative_to(out))}
         results.append(entry)
