@@ -28,7 +28,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import typer  # noqa: E402
 
 from hypersd.cli import app as app_verb  # noqa: E402
-from hypersd.cli import data, distill, embedded, lora, rewards, sample, unet  # noqa: E402
+from hypersd.cli import data, distill, embedded, lora, rewards, sample, tiny_vae, unet  # noqa: E402
 from hypersd.errors import UserError  # noqa: E402
 from hypersd.options import configure_loading  # noqa: E402
 from hypersd.progress import quiet_libraries  # noqa: E402
@@ -41,6 +41,7 @@ app.add_typer(embedded.controlnet_app, name="controlnet")
 app.add_typer(rewards.app, name="rewards")
 app.add_typer(lora.app, name="lora")
 app.add_typer(unet.app, name="unet")
+app.add_typer(tiny_vae.app, name="tiny-vae")
 for command, name in ((embedded.pretrain, "pretrain"), (sample.sample, "sample"), (sample.generate, "generate"),
                       (sample.eval_cmd, "eval"), (distill.distill, "distill"), (distill.demo, "demo"),
                       (data.cache_cmd, "cache"), (app_verb.app_cmd, "app")):

@@ -74,6 +74,8 @@ def generate(prompt: list[str] = typer.Argument(..., help="Prompt(s)."),
              lora: Optional[list[str]] = typer.Option(None, help="LoRA file (diffusers or kohya), FILE:SCALE; repeatable."),
              unet: Optional[Path] = typer.Option(None, help="UNet weights (.safetensors; diffusers or original/ComfyUI "
                                                             "layout) replacing the base's, e.g. a one-step UNet."),
+             tiny_vae: Optional[Path] = typer.Option(None, help="Decode with this tiny VAE (a diffusers AutoencoderTiny "
+                                                                "folder: `hypersd tiny-vae train`, or TAESD for SD)."),
              steps: Optional[int] = typer.Option(None, help="Sampling steps (default: from the files)."),
              scheduler: Optional[str] = typer.Option(None, help="Scheduler (default: from the files)."),
              eta: Optional[float] = typer.Option(None, help="TCD gamma / DDIM eta in [0, 1]."),
@@ -114,11 +116,15 @@ def generate(prompt: list[str] = typer.Argument(..., help="Prompt(s)."),
         load_unet_file(pipe, unet)
     apply_loras(pipe, settings.loras)
     extra_call, extra_record, extra_files = {}, {}, {}
+    if tiny_vae is not None:
+        from hypersd.models.tiny_vae import with_tiny_vae
+
+        pipe, extra_record["tiny_vae"] = with_tiny_vae(pipe, tiny_vae), str(tiny_vae)
     if spec is not None:
         from hypersd.inference.controlnet import CONTROL_FILE, with_controlnet
 
         pipe, control_png, extra_call = with_controlnet(pipe, spec, raw_control)
-        extra_record, extra_files = spec.record(), {CONTROL_FILE: control_png}
+        extra_record, extra_files = {**extra_record, **spec.record()}, {CONTROL_FILE: control_png}
     sample_and_write(pipe, list(prompt), settings, out, extra_call, extra_record, extra_files, overwrite, negatives)
     typer.echo(f"wrote {len(prompt)} images to {out} ({settings.scheduler}, {settings.steps} steps)")
 

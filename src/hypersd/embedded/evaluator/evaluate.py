@@ -28,6 +28,7 @@ from hypersd.inference.sample import apply_loras, generate, write_samples
 from hypersd.inference.settings import SampleSettings
 from hypersd.io import atomic_file, write_text
 from hypersd.models.pipelines import load_pipeline, with_unet_file
+from hypersd.models.tiny_vae import with_tiny_vae
 from hypersd.shapes.batches import to_tensor
 from hypersd.shapes.world import CATEGORIES, render_array, sample_scene
 
@@ -40,6 +41,7 @@ class Row:
     settings: SampleSettings
     model: Path | None = None  # another pipeline folder (a distilled full UNet); None: the evaluated model
     unet: Path | None = None   # a full UNet file in place of the evaluated model's UNet (hypersd.inference.unet_file)
+    vae: Path | None = None    # a tiny VAE folder decoding in place of the model's VAE (hypersd.models.tiny_vae)
 
 
 @torch.no_grad()
@@ -96,8 +98,10 @@ def evaluate(model: Path, rows: list[Row], prompts: list[str], detector_dir: Pat
         pipe = teacher_pipe if row.model is None else other[1]
         if row.unet is not None:
             pipe = with_unet_file(teacher_pipe, row.unet)
+        if row.vae is not None:
+            pipe = with_tiny_vae(pipe, row.vae)
         apply_loras(pipe, row.settings.loras)
-        if row.model is None and row.unet is None and reference is not None and _same(row.settings, reference_settings):
+        if row.model is None and row.unet is None and row.vae is None and reference is not None and _same(row.settings, reference_settings):
             images, seconds = reference, reference_seconds
         else:
             images = generate(pipe, prompts, row.settings, seeds, progress_desc=row.label)
@@ -111,7 +115,7 @@ def evaluate(model: Path, rows: list[Row], prompts: list[str], detector_dir: Pat
         if extra_scores is not None:
             metrics["extra"] = extra_scores(images, prompts)
         entry = {"label": row.label, **row.settings.record(), **({"model": str(row.model)} if row.model else {}),
-                 **({"unet": str(row.unet)} if row.unet else {}),
+                 **({"unet": str(row.unet)} if row.unet else {}), **({"tiny_vae": str(row.vae)} if row.vae else {}),
                  **metrics,
                  "sample_seconds": round(seconds, 1), "samples": str(folder.relative_to(out))}
         results.append(entry)

@@ -1,0 +1,95 @@
+"""The tiny VAE (hypersd.models.tiny_vae, `hypersd tiny-vae train`, `generate --tiny-vae`): its shape fits the
+model's VAE, distillation lowers the decoder's error, pipelines decode with it, bad folders are refused."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from hypersd.cli import main
+from hypersd.errors import UserError
+from hypersd.inference.sample import generate
+from hypersd.inference.settings import SampleSettings
+from hypersd.models.pipelines import load_pipeline
+from hypersd.models.tiny_vae import (
+    TinyVaeConfig,
+    build_tiny_vae,
+    decoder_psnr,
+    save_tiny_vae,
+    teacher_pool,
+    tiny_vae_loss,
+    train_tiny_vae,
+    with_tiny_vae,
+)
+from hypersd.shapes.batches import ShapesStream
+
+CFG = TinyVaeConfig(channels=8, steps=80, batch_size=16, pool=64, learning_rate=3e-3)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_pipeline_dir, tmp_path_factory):
+    pipe = load_pipeline(tiny_pipeline_dir)
+    size = pipe.unet.config.sample_size * 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    images = ShapesStream(0, canvas=size).batch(CFG.pool)[0]
+    tiny = train_tiny_vae(pipe.vae, images, CFG)
+    folder = save_tiny_vae(tiny, tmp_path_factory.mktemp("tv") / "tiny-vae", CFG, {"test": True})
+    return pipe, images, tiny, folder
+
+
+def test_tiny_vae_has_the_vaes_latent_shape_and_scale(tiny_pipeline_dir):
+    vae = load_pipeline(tiny_pipeline_dir).vae
+    tiny = build_tiny_vae(vae.config, CFG)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    z = vae.encode(x).latent_dist.mean
+    assert tiny.encode(x).latents.shape == z.shape
+    assert tiny.decode(z).sample.shape == x.shape
+    assert tiny.config.scaling_factor == vae.config.scaling_factor
+    with pytest.raises(UserError, match="one entry per resolution level"):
+        build_tiny_vae(vae.config, TinyVaeConfig(blocks=(1, 1)))
+
+
+def test_distillation_lowers_the_decoder_error(trained):
+    pipe, images, tiny, _ = trained
+    pool = teacher_pool(pipe.vae, images[:32], CFG, torch.Generator().manual_seed(5))
+    fresh = build_tiny_vae(pipe.vae.config, CFG)
+    with torch.no_grad():
+        _, before = tiny_vae_loss(fresh, pool)
+        _, after = tiny_vae_loss(tiny, pool)
+    assert after["decoder"] < 0.5 * before["decoder"] and after["encoder"] < before["encoder"]
+    latents = pool[2]
+    assert decoder_psnr(tiny, pipe.vae, latents) > decoder_psnr(fresh, pipe.vae, latents) + 3
+
+
+def test_pipeline_decodes_with_the_tiny_vae(trained):
+    pipe, _, _, folder = trained
+    fast = with_tiny_vae(pipe, folder)
+    assert fast.vae is not pipe.vae and fast.unet is pipe.unet and fast.vae_scale_factor == pipe.vae_scale_factor
+    settings = SampleSettings(steps=1, scheduler="lcm", timesteps=[800])
+    a, b = generate(pipe, ["a red circle"], settings, [0]), generate(fast, ["a red circle"], settings, [0])
+    assert a.shape == b.shape and not np.array_equal(a, b)
+    assert json.loads((folder / "hypersd_tiny_vae.json").read_text())["config"]["channels"] == CFG.channels
+
+
+def test_bad_tiny_vae_folders_are_refused(trained, tmp_path):
+    pipe = trained[0]
+    with pytest.raises(UserError, match="tiny VAE not found"):
+        with_tiny_vae(pipe, tmp_path / "absent")
+    from diffusers import AutoencoderTiny
+
+    AutoencoderTiny(latent_channels=8, encoder_block_out_channels=(8,) * 3, decoder_block_out_channels=(8,) * 3,
+                    num_encoder_blocks=(1,) * 3, num_decoder_blocks=(1,) * 3).save_pretrained(tmp_path / "eight")
+    with pytest.raises(UserError, match="latent channels"):
+        with_tiny_vae(pipe, tmp_path / "eight")
+
+
+def test_generate_with_tiny_vae(trained, tiny_pipeline_dir, tmp_path, monkeypatch, capsys):
+    _, _, _, folder = trained
+    monkeypatch.setattr(sys, "argv", ["hypersd", "generate", "a red circle", "--base", str(tiny_pipeline_dir),
+                                      "--steps", "1", "--tiny-vae", str(folder), "--out", str(tmp_path / "g")])
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert (info.value.code or 0) == 0, capsys.readouterr().err
+    record = json.loads((tmp_path / "g" / "samples.jsonl").read_text().splitlines()[0])
+    assert record["tiny_vae"] == str(folder)
