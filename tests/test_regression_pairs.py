@@ -205,3 +205,25 @@ def test_init_unet_starts_the_full_unet_generator_from_given_weights(tiny_pipeli
     lora_recipe = _recipe(tmp_path, tiny_pairs, "dmd_weight: 0, regression_weight: 1.0", iterations=1)
     with pytest.raises(UserError, match="needs a dmd stage with dmd.generator: unet"):
         Run(lora_recipe, tiny_pipeline_dir, tmp_path / "run4", init_unet=tmp_path / "trained-unet")
+
+
+def test_merge_pairs_concatenates_files_of_one_sampler(tmp_path, monkeypatch, capsys):
+    a, b = _pairs(3), _pairs(2)
+    b.info = {"steps": 2, "seed": 9}
+    save_pairs(tmp_path / "a.safetensors", a)
+    save_pairs(tmp_path / "b.safetensors", b)
+    monkeypatch.setattr(sys, "argv", ["hypersd", "data", "merge-pairs", str(tmp_path / "a.safetensors"),
+                                      str(tmp_path / "b.safetensors"), "--out", str(tmp_path / "ab.safetensors")])
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert (info.value.code or 0) == 0, capsys.readouterr().err
+    merged = load_pairs(tmp_path / "ab.safetensors")
+    assert torch.equal(merged.noise, torch.cat([a.noise, b.noise])) and merged.captions == a.captions + b.captions
+    assert merged.info["seeds"] == [None, 9] and merged.info["steps"] == 2
+    other = _pairs(2)
+    other.info = {"steps": 4}
+    save_pairs(tmp_path / "c.safetensors", other)
+    from hypersd.data.pairs import merge_pairs
+
+    with pytest.raises(UserError, match="other settings"):
+        merge_pairs([tmp_path / "a.safetensors", tmp_path / "c.safetensors"])

@@ -122,3 +122,21 @@ def data_pairs(model: Path = typer.Option(..., "--model", help="Teacher: a diffu
         captions = [s.caption for s in ShapesStream(seed).scenes(n)]
     write_teacher_pairs(model, out, captions, steps, guidance, seed, batch_size)
     typer.echo(f"wrote {n} teacher pairs to {out}")
+
+
+@app.command("merge-pairs")
+def data_merge_pairs(files: list[Path] = typer.Argument(..., help="Pair files made with the same teacher settings."),
+                     out: Path = typer.Option(..., "--out", help="Pair file to write (.safetensors)."),
+                     overwrite: bool = OVERWRITE):
+    """Several teacher pair files as one (e.g. more pairs for a longer regression run)."""
+    from hypersd.data.pairs import is_pair_file, merge_pairs, save_pairs
+
+    require(len(files) >= 2, "give at least two pair files to merge")
+    require(out.suffix == ".safetensors", f"--out must end in .safetensors, got {out}")
+    require(out.resolve() not in [f.resolve() for f in files], f"--out {out} is one of the inputs")
+    require(overwrite or not out.exists(), f"{out} exists; pass --overwrite to replace it")
+    require(not out.exists() or is_pair_file(out), f"{out} exists and is not a teacher pair file; not replacing it")
+    require_writable_dir(out.parent)
+    merged = merge_pairs(files)
+    save_pairs(out, merged)
+    typer.echo(f"wrote {len(merged)} teacher pairs to {out}")

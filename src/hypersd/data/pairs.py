@@ -89,6 +89,19 @@ def save_pairs(path: Path, pairs: TeacherPairs) -> Path:
     return path
 
 
+def merge_pairs(paths: list[Path]) -> TeacherPairs:
+    """Several pair files as one, in the order given; they must come from the same teacher and sampler
+    (every recorded setting but the noise seed equal), so that the regression target is one map."""
+    parts = [load_pairs(p) for p in paths]
+    same = [{k: v for k, v in p.info.items() if k != "seed"} for p in parts]
+    for path, info in zip(paths[1:], same[1:]):
+        require(info == same[0], f"{path} was made with other settings than {paths[0]} ({info} vs {same[0]}); "
+                                 "pairs of different samplers are not merged")
+    return TeacherPairs(torch.cat([p.noise for p in parts]), torch.cat([p.latents for p in parts]),
+                        [c for p in parts for c in p.captions],
+                        {**same[0], "seeds": [p.info.get("seed") for p in parts], "merged_from": [str(p) for p in paths]})
+
+
 def is_pair_file(path: Path) -> bool:
     """Whether `path` is a pair file this program wrote (the only kind `--overwrite` replaces)."""
     try:
