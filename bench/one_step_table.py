@@ -5,7 +5,9 @@ evaluator in one run, so that every pair of rows is a paired comparison (same pr
   LoRA): the Table 5 analogue at one step;
 - DMD's regression loss on teacher pairs alone (configs/one-step-regression.yaml), and DMD2 with it
   (configs/one-step-dmd-regression.yaml, from the regression LoRA);
-- the same regression alone with a full-UNet generator (dmd.generator: unet);
+- the same regression alone with a full-UNet generator (dmd.generator: unet): the shipped one-step
+  model (its fp16 file), also decoded by the shipped tiny VAE; further full-UNet rows (--unet-row: a UNet
+  file, a full-UNet checkpoint's generator.safetensors or a pipeline folder);
 - the unified LoRA at 1, 2, 4 and 8 steps: the shipped one against it continued with the regression
   loss at its one-step jump (configs/unified-regression.yaml);
 - the teacher at 50 guided steps; ratios to it against the issue's targets (one-step model: ShapesEval
@@ -13,7 +15,8 @@ evaluator in one run, so that every pair of rows is a paired comparison (same pr
   training hours from every run's log.
 
     python bench/one_step_table.py
-    python bench/one_step_table.py --row "NAME=RUN/snapshots/FILE.safetensors" ...   # other rows
+    python bench/one_step_table.py --row "NAME=RUN/snapshots/FILE.safetensors" ...   # other LoRA rows
+    python bench/one_step_table.py --unet-row "NAME=RUN/checkpoints/s00-0000400/generator.safetensors"
 Writes bench/results/one_step_table.{json,md,png} and one_step_curves.png.
 """
 
@@ -26,7 +29,7 @@ from pathlib import Path
 from common import RESULTS, RUNS, compare_rows, comparison_table, write_results  # bench/common.py
 from dmd2 import plot_curves  # bench/dmd2.py
 
-from hypersd.assets import EVALUATOR, TEACHER, TEACHER_GUIDANCE, UNIFIED_LORA
+from hypersd.assets import EVALUATOR, ONE_STEP_MODEL, TEACHER, TEACHER_GUIDANCE, TINY_VAE, UNIFIED_LORA
 from hypersd.embedded.evaluator.evaluate import Row, evaluate, markdown_table
 from hypersd.embedded.rows import metadata_settings
 from hypersd.inference.settings import SampleSettings
@@ -38,16 +41,17 @@ LONG = RUNS / "long"
 TEACHER_ROW = "teacher DDIM @50"
 ROWS = {  # label -> (run, snapshot step)
     "DMD2 alone (from the base), 700 it": ("dmd2-one-step-base-s0", 700),
-    "TSCD + DMD2, 300 it (shipped)": ("dmd2-one-step-tscd-s0", 300),
+    "TSCD + DMD2, 300 it (LoRA shipped before)": ("dmd2-one-step-tscd-s0", 300),
     "regression alone, 500 it": ("one-step-regression-s0", 500),
     "DMD2 + regression, 150 it": ("one-step-dmd-regression-s0", 150),
 }
-UNET_ROW = "regression alone, full UNet, 1500 it"
-UNET_FOLDER = LONG / "one-step-regression-unet-s0" / "one-step-t800-unet"
+UNET_ROW = "regression alone, full UNet, 1500 it (shipped, fp16)"
+TINY_ROW = "the shipped one-step model, tiny VAE decoder"
 UNIFIED = {"unified (shipped)": UNIFIED_LORA,
            "unified + regression, 400 it": LONG / "unified-regression-s0" / "loras" / "dmd-unified.safetensors"}
 CURVES = ["dmd2-one-step-base-s0", "dmd2-one-step-tscd-s0", "one-step-regression-s0", "one-step-regression-unet-s0",
-          "one-step-dmd-regression-s0", "unified-regression-s0"]
+          "one-step-dmd-regression-s0", "unified-regression-s0", "one-step-dmd-regression-unet-s0",
+          "one-step-regression-unet-12k-s0"]
 TARGETS = {"shapes_eval": 0.85, "fd": 1.1}
 
 
@@ -74,6 +78,8 @@ def main() -> None:
     quiet_libraries()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--row", action="append", default=[], help="LABEL=LORA_FILE, an extra row")
+    parser.add_argument("--unet-row", action="append", default=[], help="LABEL=UNET (file, checkpoint generator "
+                        "file or pipeline folder), an extra one-step row")
     parser.add_argument("--prompts", type=int, default=600)
     parser.add_argument("--n-real", type=int, default=2000)
     args = parser.parse_args()
@@ -85,18 +91,21 @@ def main() -> None:
                          + "; ".join(missing))
     rows = [Row(TEACHER_ROW, SampleSettings(steps=50, scheduler="ddim", guidance=TEACHER_GUIDANCE))]
     rows += [Row(label, metadata_settings(Path(path))) for label, path in files.items()]
-    if UNET_FOLDER.is_dir():
-        rows.append(Row(UNET_ROW, SampleSettings(steps=1, scheduler="lcm", guidance=0.0, timesteps=[800]),
-                        model=UNET_FOLDER))
+    one_step = SampleSettings(steps=1, scheduler="lcm", guidance=0.0, timesteps=[800])
+    unets = {UNET_ROW: ONE_STEP_MODEL, **dict(item.split("=", 1) for item in args.unet_row)}
+    rows += [Row(label, one_step, unet=Path(path)) for label, path in unets.items()]
+    if TINY_VAE.is_dir():
+        rows.append(Row(TINY_ROW, one_step, unet=ONE_STEP_MODEL, vae=TINY_VAE))
     for label, lora in UNIFIED.items():
         if Path(lora).is_file():
             rows += [Row(f"{label} @{n}", replace(metadata_settings(Path(lora)), steps=n)) for n in (1, 2, 4, 8)]
     prompts = standard_prompts()[: args.prompts]
     summary = evaluate(TEACHER, rows, prompts, EVALUATOR, RUNS / "one-step-table", n_real=args.n_real)
-    summary["files"] = {k: str(v) for k, v in files.items()}
-    labels = [*files, UNET_ROW]
-    pairs = [("TSCD + DMD2, 300 it (shipped)", "DMD2 alone (from the base), 700 it")]
+    summary["files"] = {k: str(v) for k, v in {**files, **unets}.items()}
+    labels = [*files, *unets]
+    pairs = [("TSCD + DMD2, 300 it (LoRA shipped before)", "DMD2 alone (from the base), 700 it")]
     pairs += [(a, b) for i, a in enumerate(labels) for b in labels[i + 1:] if (a, b) != pairs[0] and (b, a) != pairs[0]]
+    pairs += [(TINY_ROW, UNET_ROW)] if TINY_VAE.is_dir() else []
     names = list(UNIFIED)
     pairs += [(f"{names[1]} @{n}", f"{names[0]} @{n}") for n in (1, 2, 4, 8)]
     summary["comparisons"] = compare_rows(summary, prompts, pairs)

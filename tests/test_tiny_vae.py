@@ -93,3 +93,15 @@ def test_generate_with_tiny_vae(trained, tiny_pipeline_dir, tmp_path, monkeypatc
     assert (info.value.code or 0) == 0, capsys.readouterr().err
     record = json.loads((tmp_path / "g" / "samples.jsonl").read_text().splitlines()[0])
     assert record["tiny_vae"] == str(folder)
+
+
+def test_generated_latents_join_the_decoders_pool_only(tiny_pipeline_dir):
+    vae = load_pipeline(tiny_pipeline_dir).vae
+    images = ShapesStream(1, canvas=32).batch(6)[0]
+    generated = torch.randn(4, 4, 8, 8)
+    cfg = TinyVaeConfig(noise_share=0.0)
+    imgs, means, latents, decodes = teacher_pool(vae, images, cfg, torch.Generator().manual_seed(0), generated=generated)
+    assert len(imgs) == len(means) == 6 and len(latents) == len(decodes) == 10
+    assert torch.equal(latents[6:], generated)  # no noise share: the generated latents as given
+    with torch.no_grad():
+        torch.testing.assert_close(decodes[6:], vae.decode(generated).sample.clamp(-1, 1), rtol=1e-4, atol=1e-5)

@@ -24,6 +24,8 @@ def tiny_vae_train(model: Optional[Path] = typer.Option(None, help="Pipeline fol
                    channels: int = typer.Option(16, help="Width of every block."),
                    pool: int = typer.Option(4096, help="Rendered Shapes images, encoded once and reused."),
                    seed: int = typer.Option(0, help="Seed of the renders, the noise and the initialisation."),
+                   latents: Optional[Path] = typer.Option(None, help="A teacher pair file (`hypersd data pairs`): its "
+                                                                     "generated latents join the decoder's training."),
                    overwrite: bool = OVERWRITE):
     """Distil the model's VAE into a tiny one on Shapes renders: the decoder learns the VAE's decoding of
     their latents (half of them with noise added), the encoder the posterior mean. Use it with
@@ -43,13 +45,18 @@ def tiny_vae_train(model: Optional[Path] = typer.Option(None, help="Pipeline fol
     require(size <= 128, f"Shapes renders are small images; the model makes {size} px (use TAESD for SD)")
     stream = ShapesStream(seed, canvas=size)
     images, _, _ = stream.batch(pool)
+    generated = None
+    if latents is not None:
+        from hypersd.data.pairs import load_pairs
+
+        generated = load_pairs(latents).latents / pipe.vae.config.scaling_factor  # the VAE's unscaled space
     log = []
     start = time.time()
-    tiny = train_tiny_vae(pipe.vae, images, cfg, log=log.append)
+    tiny = train_tiny_vae(pipe.vae, images, cfg, log=log.append, generated=generated)
     held_out, _, _ = stream.batch(256)
     with torch.no_grad():
         latents = pipe.vae.encode(held_out).latent_dist.mean
-    record = {"model": str(model), "seconds": round(time.time() - start, 1), "log": log,
+    record = {"model": str(model), "generated_latents": str(latents) if latents else None, "seconds": round(time.time() - start, 1), "log": log,
               "held_out_decoder_psnr_db": round(decoder_psnr(tiny, pipe.vae, latents), 2),
               "parameters": sum(p.numel() for p in tiny.parameters())}
     save_tiny_vae(tiny, out, cfg, record, overwrite)

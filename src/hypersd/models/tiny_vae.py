@@ -5,7 +5,8 @@ At 32 px a one-step call spends about as long in the VAE decoder as in the UNet 
 Real Stable Diffusion users have TAESD / TAESDXL for this; a model trained elsewhere (here: the Shapes
 teacher) needs its own. The tiny decoder learns the teacher VAE's decoding, D(z) ~ VAE.decode(z), on
 latents of rendered images and the same latents with Gaussian noise added (a generator's outputs lie
-near, not on, the encoder's latents); the tiny encoder learns the posterior mean, E(x) ~ mean(q(z|x)).
+near, not on, the encoder's latents) and, where given, latents a model generated (a teacher pair file's);
+the tiny encoder learns the posterior mean, E(x) ~ mean(q(z|x)).
 Its `scaling_factor` is the VAE's, so a pipeline decodes with it unchanged (`pipe.vae = tiny`).
 """
 
@@ -58,21 +59,23 @@ def build_tiny_vae(vae_config, cfg: TinyVaeConfig):
 
 
 @torch.no_grad()
-def teacher_pool(vae, images: torch.Tensor, cfg: TinyVaeConfig, gen: torch.Generator, batch: int = 64):
+def teacher_pool(vae, images: torch.Tensor, cfg: TinyVaeConfig, gen: torch.Generator, batch: int = 64,
+                 generated: torch.Tensor | None = None):
     """(images, posterior means, latents, the VAE's decodes of the latents): the latents are posterior
-    samples, a `noise_share` of them with extra Gaussian noise."""
-    means, latents, decodes = [], [], []
-    for start in progress(range(0, len(images), batch), desc="teacher VAE"):
-        x = images[start:start + batch]
-        dist = vae.encode(x).latent_dist
-        z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=gen)
-        noisy = torch.rand(len(z), generator=gen) < cfg.noise_share
-        sigma = torch.rand(len(z), 1, 1, 1, generator=gen) * cfg.noise_max * dist.mean.std()
-        z = torch.where(noisy[:, None, None, None], z + sigma * torch.randn(z.shape, generator=gen), z)
+    samples of the images, then the `generated` latents (the VAE's unscaled space) if given; a
+    `noise_share` of them with extra Gaussian noise."""
+    means, latents = [], []
+    for start in progress(range(0, len(images), batch), desc="teacher VAE encoder"):
+        dist = vae.encode(images[start:start + batch]).latent_dist
         means.append(dist.mean)
-        latents.append(z)
-        decodes.append(vae.decode(z).sample.clamp(-1, 1))
-    return images, torch.cat(means), torch.cat(latents), torch.cat(decodes)
+        latents.append(dist.mean + dist.std * torch.randn(dist.mean.shape, generator=gen))
+    z = torch.cat(latents + ([generated] if generated is not None else []))
+    noisy = torch.rand(len(z), generator=gen) < cfg.noise_share
+    sigma = torch.rand(len(z), 1, 1, 1, generator=gen) * cfg.noise_max * z.std()
+    z = torch.where(noisy[:, None, None, None], z + sigma * torch.randn(z.shape, generator=gen), z)
+    decodes = [vae.decode(z[s:s + batch]).sample.clamp(-1, 1)
+               for s in progress(range(0, len(z), batch), desc="teacher VAE decoder")]
+    return images, torch.cat(means), z, torch.cat(decodes)
 
 
 def tiny_vae_loss(tiny, batch) -> tuple[torch.Tensor, dict]:
@@ -84,21 +87,30 @@ def tiny_vae_loss(tiny, batch) -> tuple[torch.Tensor, dict]:
     return decoder + encoder, {"decoder": decoder.item(), "encoder": encoder.item()}
 
 
-def train_tiny_vae(vae, images: torch.Tensor, cfg: TinyVaeConfig, log=None):
-    """Distil a tiny VAE from `vae` (frozen) on `images` ((n, 3, H, W) in [-1, 1]); returns it in eval mode."""
+def draw(pool, n: int, gen: torch.Generator) -> list[torch.Tensor]:
+    """A batch: n images with their means, and n latents with their decodes (drawn apart: the decoder's
+    pool also holds generated latents)."""
+    images, means, latents, decodes = pool
+    i = torch.randint(len(images), (n,), generator=gen)
+    j = torch.randint(len(latents), (n,), generator=gen)
+    return [images[i], means[i], latents[j], decodes[j]]
+
+
+def train_tiny_vae(vae, images: torch.Tensor, cfg: TinyVaeConfig, log=None, generated: torch.Tensor | None = None):
+    """Distil a tiny VAE from `vae` (frozen) on `images` ((n, 3, H, W) in [-1, 1]) and, for the decoder,
+    the `generated` latents too; returns it in eval mode."""
     from diffusers.optimization import get_cosine_schedule_with_warmup
 
     cfg.validate()
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    pool = teacher_pool(vae.eval(), images, cfg, gen)
+    pool = teacher_pool(vae.eval(), images, cfg, gen, generated=generated)
     tiny = build_tiny_vae(vae.config, cfg).train()
     opt = torch.optim.AdamW(tiny.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
     sched = get_cosine_schedule_with_warmup(opt, min(100, cfg.steps // 10), cfg.steps)
     start = time.time()
     for step in progress(range(cfg.steps), desc="tiny VAE"):
-        index = torch.randint(len(images), (cfg.batch_size,), generator=gen)
-        loss, parts = tiny_vae_loss(tiny, [t[index] for t in pool])
+        loss, parts = tiny_vae_loss(tiny, draw(pool, cfg.batch_size, gen))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
