@@ -105,3 +105,18 @@ def test_generated_latents_join_the_decoders_pool_only(tiny_pipeline_dir):
     assert torch.equal(latents[6:], generated)  # no noise share: the generated latents as given
     with torch.no_grad():
         torch.testing.assert_close(decodes[6:], vae.decode(generated).sample.clamp(-1, 1), rtol=1e-4, atol=1e-5)
+
+
+def test_cli_trains_with_generated_latents(tiny_pipeline_dir, tmp_path, monkeypatch, capsys):
+    from hypersd.data.pairs import sample_pairs, save_pairs
+
+    pipe = load_pipeline(tiny_pipeline_dir)
+    pairs = save_pairs(tmp_path / "p.safetensors", sample_pairs(pipe, ["a red circle"] * 2, 2, 3.0, 0))
+    monkeypatch.setattr(sys, "argv", ["hypersd", "tiny-vae", "train", "--model", str(tiny_pipeline_dir), "--steps", "2",
+                                      "--pool", "64", "--channels", "4", "--latents", str(pairs),
+                                      "--out", str(tmp_path / "tv")])
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert (info.value.code or 0) == 0, capsys.readouterr().err
+    record = json.loads((tmp_path / "tv" / "hypersd_tiny_vae.json").read_text())
+    assert record["generated_latents"] == str(pairs) and len(record["log"]) == 2

@@ -55,9 +55,9 @@ def tiny_vae_train(model: Optional[Path] = typer.Option(None, help="Pipeline fol
     tiny = train_tiny_vae(pipe.vae, images, cfg, log=log.append, generated=generated)
     held_out, _, _ = stream.batch(256)
     with torch.no_grad():
-        latents = pipe.vae.encode(held_out).latent_dist.mean
+        held_out_latents = pipe.vae.encode(held_out).latent_dist.mean
     record = {"model": str(model), "generated_latents": str(latents) if latents else None, "seconds": round(time.time() - start, 1), "log": log,
-              "held_out_decoder_psnr_db": round(decoder_psnr(tiny, pipe.vae, latents), 2),
+              "held_out_decoder_psnr_db": round(decoder_psnr(tiny, pipe.vae, held_out_latents), 2),
               "parameters": sum(p.numel() for p in tiny.parameters())}
     save_tiny_vae(tiny, out, cfg, record, overwrite)
     typer.echo(json.dumps({k: record[k] for k in ("seconds", "held_out_decoder_psnr_db", "parameters")}))
