@@ -42,6 +42,9 @@ def test_export_keeps_weights_and_settings(one_step_folder, tmp_path):
     assert is_unet_file(out) and unet_file_settings(out) == ONE_STEP
     export_unet(one_step_folder, out, "fp32")  # its own file may be replaced
     assert load_file(str(out))["conv_in.weight"].dtype == torch.float32
+    weights = one_step_folder / "unet" / "diffusion_pytorch_model.safetensors"  # a bare weight file: no settings
+    assert unet_file_settings(export_unet(weights, tmp_path / "bare.safetensors")) == {}
+    assert unet_file_settings(export_unet(weights, tmp_path / "b.safetensors", settings_from=one_step_folder)) == ONE_STEP
 
 
 def test_export_refuses_foreign_files_and_a_lora_is_no_unet(one_step_folder, tmp_path):

@@ -51,10 +51,13 @@ def unet_file_settings(path: Path) -> dict:
     return released_settings(Path(path).name)
 
 
-def export_unet(model: Path, out: Path, dtype: str = "fp16", overwrite: bool = False) -> Path:
-    """The UNet of `model` (a pipeline folder, e.g. a full-UNet distillation's output, or a UNet folder)
-    written to `out` in `dtype`, with the folder's sampling settings (hypersd_inference.json) in the
-    metadata. An existing `out` is replaced only if hypersd wrote it, or with `overwrite`."""
+def export_unet(model: Path, out: Path, dtype: str = "fp16", overwrite: bool = False,
+                settings_from: Path | None = None) -> Path:
+    """The UNet of `model` (a pipeline folder, e.g. a full-UNet distillation's output, a UNet folder, or a
+    UNet weight file such as a full-UNet checkpoint's generator.safetensors) written to `out` in `dtype`,
+    with the sampling settings of `settings_from` (default: `model`; a pipeline folder's
+    hypersd_inference.json) in the metadata. An existing `out` is replaced only if hypersd wrote it, or
+    with `overwrite`."""
     import torch
     from safetensors.torch import load_file
 
@@ -67,7 +70,7 @@ def export_unet(model: Path, out: Path, dtype: str = "fp16", overwrite: bool = F
     source = unet_weights_file(model)
     target = getattr(torch, DTYPES[dtype])
     tensors = {k: (t.to(target) if t.is_floating_point() else t) for k, t in load_file(str(source)).items()}
-    settings = model_settings(Path(model))
+    settings = model_settings(Path(settings_from or model))
     metadata = {FORMAT_KEY: FORMAT, "hypersd_dtype": dtype, "hypersd_source": str(model)}
     if settings:
         metadata[INFERENCE_KEY] = json.dumps(settings)
