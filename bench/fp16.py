@@ -33,7 +33,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--lora", type=Path)
-    which.add_argument("--unet", type=Path, help="a full-UNet model folder (pipeline or UNet folder)")
+    which.add_argument("--unet", type=Path, help="a full-UNet model: pipeline or UNet folder, or a weight file")
+    parser.add_argument("--settings-from", type=Path, help="with --unet: the folder whose sampling settings apply")
     parser.add_argument("--name", required=True)
     parser.add_argument("--steps", type=int, nargs="+", default=None, help="step counts (default: its metadata's)")
     parser.add_argument("--prompts", type=int, default=600)
@@ -42,7 +43,8 @@ def main() -> None:
     out = RUNS / f"fp16-{args.name}"
     with tempfile.TemporaryDirectory() as tmp:
         if args.unet is not None:  # both exported from the folder: fp32 keeps its weights exactly
-            full, half = (export_unet(args.unet, Path(tmp) / f"{d}.safetensors", d) for d in ("fp32", "fp16"))
+            full, half = (export_unet(args.unet, Path(tmp) / f"{d}.safetensors", d, settings_from=args.settings_from)
+                          for d in ("fp32", "fp16"))
             base = one_step_row("", full).settings
             rows = [Row("fp32 @1", base, unet=full), Row("fp16 @1", base, unet=half)]
             args.steps, source = [base.steps], full

@@ -45,8 +45,13 @@ ROWS = {  # label -> (run, snapshot step)
     "regression alone, 500 it": ("one-step-regression-s0", 500),
     "DMD2 + regression, 150 it": ("one-step-dmd-regression-s0", 150),
 }
-UNET_ROW = "regression alone, full UNet, 1500 it (shipped, fp16)"
+UNET_ROW = "DMD2 + regression from the regression UNet, 350 it (shipped, fp16)"
 TINY_ROW = "the shipped one-step model, tiny VAE decoder"
+FULL_UNET = {  # the full-UNet runs before the shipped one (pipeline folders and checkpoint generators)
+    "regression alone, full UNet, 1500 it": LONG / "one-step-regression-unet-s0" / "one-step-t800-unet",
+    "regression continued on 12,000 pairs, 800 it":
+        LONG / "one-step-regression-unet-12k-s0" / "checkpoints" / "s00-0000800" / "generator.safetensors",
+}
 UNIFIED = {"unified (shipped)": UNIFIED_LORA,
            "unified + regression, 400 it": LONG / "unified-regression-s0" / "loras" / "dmd-unified.safetensors"}
 CURVES = ["dmd2-one-step-base-s0", "dmd2-one-step-tscd-s0", "one-step-regression-s0", "one-step-regression-unet-s0",
@@ -92,7 +97,8 @@ def main() -> None:
     rows = [Row(TEACHER_ROW, SampleSettings(steps=50, scheduler="ddim", guidance=TEACHER_GUIDANCE))]
     rows += [Row(label, metadata_settings(Path(path))) for label, path in files.items()]
     one_step = SampleSettings(steps=1, scheduler="lcm", guidance=0.0, timesteps=[800])
-    unets = {UNET_ROW: ONE_STEP_MODEL, **dict(item.split("=", 1) for item in args.unet_row)}
+    unets = {**{k: v for k, v in FULL_UNET.items() if Path(v).exists()}, UNET_ROW: ONE_STEP_MODEL,
+             **dict(item.split("=", 1) for item in args.unet_row)}
     rows += [Row(label, one_step, unet=Path(path)) for label, path in unets.items()]
     if TINY_VAE.is_dir():
         rows.append(Row(TINY_ROW, one_step, unet=ONE_STEP_MODEL, vae=TINY_VAE))
