@@ -138,7 +138,8 @@ def main() -> None:
     if parts:
         names = list(next(iter(parts.values())))
         lines += ["", f"One-step call at batch {max(args.batches)}, milliseconds (median of {args.repeats}; each part "
-                  "timed alone; rest = call minus the parts: scheduler, latents, image conversion):", "",
+                  "timed alone; rest = call minus the parts: scheduler, latents, image conversion; with few repeats the parts' "
+                  "medians are noisy, and a negative rest means they add up to more than the call's):", "",
                   "| decoder | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
         lines += [f"| {'tiny VAE' if 'tiny' in label else 'VAE'} | " + " | ".join(f"{p[n]:.1f}" for n in names) + " |"
                   for label, p in parts.items()]
