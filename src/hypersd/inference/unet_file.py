@@ -12,7 +12,7 @@ from hypersd.errors import UserError, require
 from hypersd.inference.conventions import released_settings
 from hypersd.inference.settings import SETTING_DEFAULTS, model_settings
 from hypersd.io import save_tensors
-from hypersd.lora.files import DTYPES, INFERENCE_KEY
+from hypersd.lora.files import DTYPES, INFERENCE_KEY, inference_settings
 from hypersd.models.pipelines import LDM_UNET_PREFIX, unet_weights_file
 
 FORMAT_KEY, FORMAT = "hypersd_format", "hypersd-unet/1"
@@ -39,15 +39,9 @@ def is_unet_file(path: Path) -> bool:
 
 def unet_file_settings(path: Path) -> dict:
     """The sampling settings stored in the file, else those its name gives under the release's conventions."""
-    _, metadata = read_unet_metadata(path)
-    text = metadata.get(INFERENCE_KEY)
-    if text:
-        try:
-            stored = json.loads(text)
-        except json.JSONDecodeError:
-            raise UserError(f"UNet file {path}: its {INFERENCE_KEY} metadata is not valid JSON") from None
-        if isinstance(stored, dict):
-            return {key: stored[key] for key in SETTING_DEFAULTS if key in stored}
+    stored = inference_settings(path, read_unet_metadata(path)[1], what="UNet file")
+    if stored:
+        return {key: stored[key] for key in SETTING_DEFAULTS if key in stored}
     return released_settings(Path(path).name)
 
 

@@ -84,15 +84,16 @@ def read_metadata(path: Path) -> dict:
         raise UserError(f"cannot load LoRA {path}: not a safetensors file ({type(exc).__name__})") from None
 
 
-def inference_settings(path: Path) -> dict:
-    """The recommended sampling settings stored in a LoRA file ({} when it has none)."""
-    text = read_metadata(path).get(INFERENCE_KEY)
+def inference_settings(path: Path, metadata: dict | None = None, what: str = "LoRA") -> dict:
+    """The recommended sampling settings stored in a LoRA (or UNet) file ({} when it has none); `metadata`:
+    the file's, if already read."""
+    text = (read_metadata(path) if metadata is None else metadata).get(INFERENCE_KEY)
     if not text:
         return {}
     try:
         settings = json.loads(text)
     except json.JSONDecodeError:
-        raise UserError(f"LoRA {path}: its {INFERENCE_KEY} metadata is not valid JSON") from None
+        raise UserError(f"{what} {path}: its {INFERENCE_KEY} metadata is not valid JSON") from None
     return settings if isinstance(settings, dict) else {}
 
 
