@@ -53,7 +53,7 @@ def main() -> None:
             half, source = cast_lora(args.lora, Path(tmp) / "fp16.safetensors", "fp16"), args.lora
             rows = []
             for steps in args.steps or [base.steps]:
-                settings = replace(base, steps=steps)
+                settings = metadata_settings(args.lora, steps)
                 rows += [Row(f"fp32 @{steps}", replace(settings, loras=[LoraSpec(args.lora)])),
                          Row(f"fp16 @{steps}", replace(settings, loras=[LoraSpec(half)]))]
         size = source.stat().st_size / 1e6

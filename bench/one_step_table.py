@@ -51,13 +51,26 @@ FULL_UNET = {  # the full-UNet runs before the shipped one (pipeline folders and
     "regression alone, full UNet, 1500 it": LONG / "one-step-regression-unet-s0" / "one-step-t800-unet",
     "regression continued on 12,000 pairs, 800 it":
         LONG / "one-step-regression-unet-12k-s0" / "checkpoints" / "s00-0000800" / "generator.safetensors",
+    "regression alone, full UNet, 1500 it, seed 1": LONG / "one-step-regression-unet-s1" / "one-step-t800-unet",
+    "DMD2 + regression from the regression UNet, 350 it, seed 1":
+        LONG / "one-step-dmd-regression-unet-s1" / "checkpoints" / "s00-0000350" / "generator.safetensors",
 }
+SEED_PAIRS = [  # the headline one-step comparison (DMD2 + regression over the regression UNet it starts from) per seed
+    (UNET_ROW, "regression alone, full UNet, 1500 it"),
+    ("DMD2 + regression from the regression UNet, 350 it, seed 1", "regression alone, full UNet, 1500 it, seed 1"),
+]
 UNIFIED = {"unified (shipped)": UNIFIED_LORA,
            "unified + regression, 400 it": LONG / "unified-regression-s0" / "loras" / "dmd-unified.safetensors"}
 CURVES = ["dmd2-one-step-base-s0", "dmd2-one-step-tscd-s0", "one-step-regression-s0", "one-step-regression-unet-s0",
           "one-step-dmd-regression-s0", "unified-regression-s0", "one-step-dmd-regression-unet-s0",
-          "one-step-regression-unet-12k-s0"]
+          "one-step-regression-unet-12k-s0", "one-step-regression-unet-s1", "one-step-dmd-regression-unet-s1"]
 TARGETS = {"shapes_eval": 0.85, "fd": 1.1}
+
+
+def shipped_timesteps(steps: int) -> list[int] | None:
+    """The timesteps the shipped unified LoRA's metadata names at `steps`: every unified row samples there,
+    so that the unified rows compare at the same schedule (bench/unified_schedule.py chose it)."""
+    return metadata_settings(UNIFIED_LORA, steps).timesteps
 
 
 def snapshot(run: str, step: int) -> Path:
@@ -104,7 +117,8 @@ def main() -> None:
         rows.append(Row(TINY_ROW, one_step, unet=ONE_STEP_MODEL, vae=TINY_VAE))
     for label, lora in UNIFIED.items():
         if Path(lora).is_file():
-            rows += [Row(f"{label} @{n}", replace(metadata_settings(Path(lora)), steps=n)) for n in (1, 2, 4, 8)]
+            rows += [Row(f"{label} @{n}", replace(metadata_settings(Path(lora), n), timesteps=shipped_timesteps(n)))
+                     for n in (1, 2, 4, 8)]
     prompts = standard_prompts()[: args.prompts]
     summary = evaluate(TEACHER, rows, prompts, EVALUATOR, RUNS / "one-step-table", n_real=args.n_real)
     summary["files"] = {k: str(v) for k, v in {**files, **unets}.items()}
@@ -115,14 +129,19 @@ def main() -> None:
     names = list(UNIFIED)
     pairs += [(f"{names[1]} @{n}", f"{names[0]} @{n}") for n in (1, 2, 4, 8)]
     summary["comparisons"] = compare_rows(summary, prompts, pairs)
+    summary["seed_comparisons"] = compare_rows(summary, prompts, SEED_PAIRS)
     summary["curves"] = {f"{run} {label.split(' ', 1)[1]}": points for run in CURVES if (LONG / run).is_dir()
                          for label, points in progress_series(read_log(LONG / run))[1].items()}
     lines = ["# The dedicated one-step model: every recipe tried (issue 14)", "",
              f"{len(prompts)} ShapesEval prompts (± half-width of the 95% bootstrap interval over prompts), FD against "
              f"{args.n_real} real renders (± sd over 5 bootstrap resamples of the generated set); every row is the "
              "model named at its metadata's settings (one-step rows: LCM at timestep 800; unified rows: TCD, eta 0.3, "
-             "at the steps named).", "",
-             markdown_table(summary), *ratios(summary), "", *comparison_table(summary["comparisons"]), "",
+             "at the steps named and the timesteps the shipped unified LoRA names for them: "
+             "bench/results/unified_schedule.md).", "",
+             markdown_table(summary), *ratios(summary), "",
+             "Two training seeds of the shipped one-step model's two runs (seed 0 is the shipped file; seed 1 "
+             "repeats both runs with `training.seed=1` from the same TSCD LoRA and teacher pairs):", "",
+             *comparison_table(summary["seed_comparisons"])[2:], "", *comparison_table(summary["comparisons"]), "",
              "Quick ShapesEval (120 prompts) against training hours on the 2-core CPU: `one_step_curves.png`.", "",
              "Command: `python bench/one_step_table.py`"]
     write_results("one_step_table", summary, "\n".join(lines) + "\n")

@@ -81,9 +81,8 @@ def rows_to_run(unified: Path, one_step: Path, steps: list[int], fp16: bool,
     rows = [(f"teacher @{REFERENCE_STEPS}", teacher, "fp32", None),
             (f"teacher @{REFERENCE_STEPS}, no ControlNet", teacher, "none", None)]
     if unified.is_file():
-        base = metadata_settings(unified)
-        two = replace(base, steps=2, timesteps=None)
-        rows += [(f"unified @{s}", replace(base, steps=s, timesteps=None), "fp32", None) for s in steps]
+        two = metadata_settings(unified, 2)
+        rows += [(f"unified @{s}", metadata_settings(unified, s), "fp32", None) for s in steps]
         if fp16 and 2 in steps:
             rows.append(("unified @2, fp16-stored ControlNet", two, "fp16", None))
         rows += [(f"unified @2, eta {eta:g}", replace(two, eta=eta), "fp32", None) for eta in etas]
@@ -117,14 +116,23 @@ def run_row(pipe, controlnet, settings: SampleSettings, prompts, maps, scale: fl
     return np.concatenate(chunks)
 
 
+def file_digest(path: Path) -> str:
+    """A weight file's content hash: the cache follows what a file holds, not when git last wrote it."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
 def cached_row(label: str, settings: SampleSettings, which: str, scale: float, args,
                compute, unet: Path | None = None) -> tuple[np.ndarray, float]:
     """(images, seconds per image) of a row: from bench/runs/scribble-adherence when the same row (settings,
-    LoRA files, ControlNet, scale, scenes) already ran, else computed and stored."""
+    contents of the LoRA, UNet and ControlNet files, scale, scenes) already ran, else computed and stored."""
     files = [Path(s.path) for s in settings.loras] + ([unet] if unet else []) + ([args.controlnet / "diffusion_pytorch_model.safetensors"]
                                                       if which != "none" else [])
     key = json.dumps({"label": label, "settings": settings.record(), "controlnet": which, "scale": scale,
-                      "scenes": args.scenes, "files": [[str(f), f.stat().st_size, f.stat().st_mtime] for f in files]})
+                      "scenes": args.scenes, "files": [[f.name, file_digest(f)] for f in files]})
     cache = RUNS / "scribble-adherence" / (hashlib.sha256(key.encode()).hexdigest()[:16] + ".npz")
     if cache.is_file():
         stored = np.load(cache)

@@ -47,6 +47,8 @@ def test_unified_lora_samples_with_tcd_at_eta_one():
     graph = workflow_for({"scheduler": "tcd", "steps": 4, "guidance": 0.0, "eta": 0.3}, "sd1", "u.safetensors")
     _check_graph(graph)
     assert graph["6"]["inputs"]["sampler_name"] == "lcm" and "eta 1" in graph["6"]["_meta"]["title"]
+    tabled = workflow_for({"scheduler": "tcd", "steps": 4, "eta": 0.3, "step_timesteps": {"1": [700]}}, "sd1", "u")
+    assert "1 steps [700] need a custom scheduler node" in tabled["6"]["_meta"]["title"]
 
 
 def test_models_core_comfyui_cannot_sample_are_refused():

@@ -151,6 +151,48 @@ def test_stored_timesteps_give_way_to_other_steps_or_scheduler(tmp_path):
         resolve_settings(none, [], folder)
 
 
+def test_step_timesteps_give_the_timesteps_at_each_step_count(tmp_path, capsys, monkeypatch):
+    """A unified LoRA's step_timesteps table (written by `hypersd lora schedule`) names the timesteps at the
+    step counts it lists; other counts keep trailing spacing; the user's timesteps or scheduler win."""
+    import sys
+
+    from safetensors.torch import load_file
+
+    from hypersd.cli import main
+    from hypersd.embedded.rows import metadata_settings
+    from hypersd.inference.settings import resolve_settings
+
+    lora = tmp_path / "unified.safetensors"
+    save_file({"unet.x.lora_A.weight": torch.ones(1, 1)}, lora,
+              metadata={INFERENCE_KEY: json.dumps({"scheduler": "tcd", "steps": 4, "eta": 0.3}), "other": "kept"})
+
+    def schedule(*args):
+        monkeypatch.setattr(sys, "argv", ["hypersd", "lora", "schedule", *map(str, args)])
+        with pytest.raises(SystemExit) as info:
+            main()
+        return info.value.code or 0, capsys.readouterr()
+
+    out = tmp_path / "scheduled.safetensors"
+    code, printed = schedule(lora, "--at", "1=700", "--at", "2=900,450", "--out", out)
+    assert code == 0, printed.err
+    assert torch.equal(load_file(out)["unet.x.lora_A.weight"], torch.ones(1, 1)) and read_metadata(out)["other"] == "kept"
+    assert inference_settings(out)["step_timesteps"] == {"1": [700], "2": [900, 450]}
+    from hypersd.io import current_umask
+    assert out.stat().st_mode & 0o777 == 0o666 & ~current_umask()  # not safetensors' owner-only mode
+    none = {"steps": None, "scheduler": None, "guidance": None, "eta": None, "timesteps": None}
+    assert [metadata_settings(out, n).timesteps for n in (1, 2, 4)] == [[700], [900, 450], None]
+    assert metadata_settings(out).steps == 4 and metadata_settings(lora, 1).timesteps is None
+    assert resolve_settings({**none, "steps": 2, "timesteps": [999, 500]}, [LoraSpec(out)])["timesteps"] == [999, 500]
+    assert resolve_settings({**none, "steps": 1, "scheduler": "lcm"}, [LoraSpec(out)])["timesteps"] is None
+    for bad, why in ((["--at", "2=450,900"], "2 distinct decreasing timesteps"),
+                     (["--at", "1=700,300"], "1 distinct decreasing"), (["--at", "1=x"], "integer timesteps")):
+        code, printed = schedule(lora, *bad, "--out", tmp_path / "bad.safetensors")
+        assert code == 2 and why in printed.err and "Traceback" not in printed.err
+        assert not (tmp_path / "bad.safetensors").exists()
+    code, printed = schedule(lora, "--at", "1=600", "--out", out)  # never over an existing file
+    assert code == 2 and "already exists" in printed.err and inference_settings(out)["step_timesteps"]["1"] == [700]
+
+
 def test_plain_diffusers_with_the_stored_settings_reproduces_the_project_sampler(tiny_pipeline_dir, tmp_path):
     import numpy as np
     from diffusers import DDIMScheduler

@@ -143,7 +143,14 @@ def save_tensors(tensors: dict, path: Path, metadata: dict | None = None, what: 
     require_finite(tensors, f"{what} {path}")
     with atomic_file(path) as tmp, writing(path):
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        os.chmod(tmp, 0o666 & ~current_umask())  # safetensors writes owner-only files; others' tools read ours
     return Path(path)
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager

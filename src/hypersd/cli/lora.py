@@ -10,7 +10,7 @@ import typer
 from hypersd.cli.common import OVERWRITE, lora_specs, output_folder
 from hypersd.errors import UserError, require, require_writable_dir
 
-app = typer.Typer(no_args_is_help=True, help="LoRA files: merge, export, fuse.")
+app = typer.Typer(no_args_is_help=True, help="LoRA files: merge, export, fuse, schedule.")
 
 
 @app.command("merge")
@@ -91,3 +91,29 @@ def lora_fuse(model: Path = typer.Option(..., help="Diffusers pipeline folder.")
         require(spec.path.is_file(), f"LoRA file not found: {spec.path}")
     output_folder(out, overwrite)
     typer.echo(f"wrote {fuse_into_pipeline(model, specs, out, overwrite)}")
+
+
+@app.command("schedule")
+def lora_schedule(lora: Path = typer.Argument(..., help="A LoRA file with recommended sampling settings."),
+                  at: list[str] = typer.Option(..., "--at", help="STEPS=T1,T2,...: the timesteps to sample with at "
+                                                                 "that step count, e.g. 1=700 or 2=900,450; repeatable."),
+                  out: Path = typer.Option(..., "--out", help="New LoRA file to write (.safetensors).")):
+    """Write a copy of a (unified) LoRA whose metadata names the timesteps to use at some step counts
+    (`step_timesteps`); `hypersd generate`, the app and the benchmarks then sample those step counts there."""
+    from hypersd.inference.settings import check_step_timesteps
+    from hypersd.lora.files import inference_settings, with_step_timesteps
+
+    require(out.suffix == ".safetensors", f"--out must end in .safetensors, got {out}")
+    require(not out.exists(), f"--out {out} already exists; choose a new file name")
+    require(lora.is_file(), f"LoRA file not found: {lora}")
+    require(bool(inference_settings(lora)), f"{lora} has no recommended sampling settings to extend")
+    table = {}
+    for item in at:
+        steps, _, timesteps = item.partition("=")
+        try:
+            table[steps.strip()] = [int(t) for t in timesteps.split(",")]
+        except ValueError:
+            raise UserError(f"--at {item!r}: expected STEPS=T1,T2,... with integer timesteps, e.g. 2=900,450") from None
+    require_writable_dir(out.parent)
+    with_step_timesteps(lora, out, check_step_timesteps(table, "--at"))
+    typer.echo(f"wrote {out}: " + ", ".join(f"{k} step(s) at {v}" for k, v in table.items()))

@@ -4,7 +4,6 @@ and the benchmarks."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 from hypersd.embedded.evaluator.evaluate import Row
@@ -56,8 +55,7 @@ def shipped_rows(one_step: Path, unified: Path, steps=(1, 2, 4, 8)) -> list[Row]
     if Path(one_step).is_file():
         rows.append(one_step_row("shipped one-step model @1", Path(one_step)))
     if Path(unified).is_file():
-        base = metadata_settings(unified)
-        rows += [Row(f"shipped unified LoRA @{s}", replace(base, steps=s)) for s in steps]
+        rows += [Row(f"shipped unified LoRA @{s}", metadata_settings(unified, s)) for s in steps]
     return rows
 
 
@@ -70,9 +68,10 @@ def one_step_row(label: str, model: Path) -> Row:
                                      eta=info["eta"], timesteps=info["timesteps"]), unet=model)
 
 
-def metadata_settings(lora: Path) -> SampleSettings:
-    """The LoRA's recommended settings, read as `hypersd generate` reads them (resolve_settings)."""
+def metadata_settings(lora: Path, steps: int | None = None) -> SampleSettings:
+    """The LoRA's recommended settings, read as `hypersd generate` reads them (resolve_settings), at its
+    own step count or at `steps` (with the timesteps its metadata names for that count, if any)."""
     loras = [LoraSpec(Path(lora))]
-    info = resolve_settings({}, loras)
+    info = resolve_settings({"steps": steps}, loras)
     return SampleSettings(steps=info["steps"], scheduler=info["scheduler"], guidance=info["guidance"],
                           eta=info["eta"], timesteps=info["timesteps"], loras=loras)

@@ -55,6 +55,21 @@ class SampleSettings:
 
 
 SETTING_DEFAULTS = {"steps": 4, "scheduler": "ddim-trailing", "guidance": 0.0, "eta": None, "timesteps": None}
+STEP_TIMESTEPS = "step_timesteps"  # a multi-step model's timesteps for some step counts: {"1": [700], "2": [900, 450]}
+RECOMMENDED_KEYS = (*SETTING_DEFAULTS, STEP_TIMESTEPS)
+
+
+def check_step_timesteps(table, where: str) -> dict[str, list[int]]:
+    """A step_timesteps table: step counts (as strings) to the decreasing timesteps, one per step, that a
+    model samples best with at that step count (chosen on held-out prompts, bench/unified_schedule.py)."""
+    require(isinstance(table, dict), f"{where}: {STEP_TIMESTEPS} must map step counts to timesteps, got {table!r}")
+    for steps, timesteps in table.items():
+        require(str(steps).isdigit() and int(steps) > 0 and isinstance(timesteps, list)
+                and all(isinstance(t, int) for t in timesteps) and len(timesteps) == int(steps)
+                and all(0 <= t < 1000 for t in timesteps) and timesteps == sorted(set(timesteps), reverse=True),
+                f"{where}: {STEP_TIMESTEPS} entry {steps!r}: {timesteps!r} must be {steps} distinct decreasing "
+                "timesteps in [0, 999]")
+    return {str(k): v for k, v in table.items()}
 
 
 def recommended_settings(loras: list[LoraSpec]) -> dict:
@@ -64,7 +79,7 @@ def recommended_settings(loras: list[LoraSpec]) -> dict:
     for spec in loras:
         stored = inference_settings(spec.path)
         if stored:
-            return {key: stored[key] for key in SETTING_DEFAULTS if key in stored}
+            return {key: stored[key] for key in RECOMMENDED_KEYS if key in stored}
     for spec in loras:
         named = released_settings(Path(spec.path).name)
         if named:
@@ -83,7 +98,7 @@ def model_settings(model: Path | None) -> dict:
         raise UserError(f"{path} is not valid JSON ({exc.msg}, line {exc.lineno})") from None
     if not isinstance(stored, dict):
         raise UserError(f"{path} must hold a JSON object of sampling settings")
-    return {key: stored[key] for key in SETTING_DEFAULTS if key in stored}
+    return {key: stored[key] for key in RECOMMENDED_KEYS if key in stored}
 
 
 def pipeline_defaults(model: Path | None) -> dict:
@@ -112,16 +127,23 @@ def resolve_settings(given: dict, loras: list[LoraSpec], model: Path | None = No
     one-step UNet file's convention), else the model folder's, else, for a plain model without LoRAs,
     its pipeline's own defaults, else the defaults of distilled LoRAs (None = not given).
     A recommendation's eta and timesteps belong to its scheduler (and timesteps to its steps): they
-    are dropped when the user picks another scheduler (or other steps)."""
+    are dropped when the user picks another scheduler (or other steps). A recommendation's step_timesteps
+    table (a unified model's timesteps per step count) gives the timesteps at the steps chosen, unless the
+    user gives timesteps or another scheduler."""
     recommended = recommended_settings(loras) or fallback or model_settings(model)
     if not recommended and not loras and model is not None:
         recommended = pipeline_defaults(model)
     chosen = {**SETTING_DEFAULTS, **recommended}
+    table = chosen.pop(STEP_TIMESTEPS, None)
     if given.get("scheduler") is not None and given["scheduler"] != chosen["scheduler"]:
         chosen.update(eta=None, timesteps=None)
+        table = None
     if given.get("steps") is not None:
         chosen["timesteps"] = None
     chosen.update({key: value for key, value in given.items() if value is not None})
+    if table and given.get("timesteps") is None:
+        table = check_step_timesteps(table, "recommended settings")
+        chosen["timesteps"] = table.get(str(chosen["steps"]), chosen["timesteps"])
     return chosen
 
 

@@ -72,9 +72,11 @@ def workflow_for(settings: dict, base: str, lora_name: str, checkpoint: str | No
     if scheduler in ("ddim-trailing", "ddim"):
         sampler = ksampler("ddim", steps, cfg, title=f"Hyper-SD: DDIM trailing, {steps} steps, CFG {cfg:g}")
     elif scheduler == "tcd":
-        eta = settings.get("eta")
+        eta, table = settings.get("eta"), settings.get("step_timesteps") or {}
+        spacing = (f"; its timesteps at {', '.join(f'{n} steps {ts}' for n, ts in table.items())} need a custom "
+                   "scheduler node, sgm_uniform is trailing spacing") if table else ""
         sampler = ksampler("lcm", steps, cfg, title=f"Hyper-SD unified: TCD with eta 1 (ComfyUI's lcm sampler), "
-                                                    f"{steps} steps (1-8 work; the LoRA recommends eta {eta})")
+                                                    f"{steps} steps (1-8 work; the LoRA recommends eta {eta}{spacing})")
     else:
         raise UserError(f"--workflow: no ComfyUI workflow for scheduler {scheduler!r} (ddim-trailing or tcd)")
     return _graph(checkpoint or DEFAULT_CHECKPOINTS[base], lora_name, RESOLUTIONS[base], positive, negative,

@@ -118,6 +118,20 @@ def cast_lora(src: Path, dst: Path, dtype: str) -> Path:
     return Path(dst)
 
 
+def with_step_timesteps(src: Path, dst: Path, table: dict[str, list[int]]) -> Path:
+    """Write `src` to `dst` with `table` (step count -> timesteps, hypersd.inference.settings.STEP_TIMESTEPS)
+    added to its recommended sampling settings; weights and other metadata unchanged."""
+    from safetensors import safe_open
+
+    metadata = read_metadata(src)
+    settings = inference_settings(src, metadata)
+    settings["step_timesteps"] = {**settings.get("step_timesteps", {}), **table}
+    with safe_open(src, "pt") as f:
+        tensors = {key: f.get_tensor(key) for key in f.keys()}
+    metadata[INFERENCE_KEY] = json.dumps(settings)
+    return save_tensors(tensors, Path(dst), metadata, what="LoRA")
+
+
 def copy_lora(src: Path, dst: Path) -> Path:
     with atomic_file(dst) as tmp:
         shutil.copyfile(src, tmp)

@@ -204,10 +204,12 @@ def plot_metrics(summary: dict, path: Path) -> None:
     series: dict[str, list[dict]] = {}
     for r in summary["rows"]:
         series.setdefault(r["label"].split(" @")[0], []).append(r)
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     panels = [("ShapesEval overall", lambda r: r["shapes_eval"]["overall"]),
               ("FD to real (lower is better)", lambda r: r["fd"]),
               ("PSNR vs teacher 50-step (dB)", lambda r: min(r.get("psnr_vs_teacher", math.nan), 60))]
+    if not any(math.isfinite(panels[2][1](r)) for r in summary["rows"]):  # evaluated without the reference
+        panels = panels[:2]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.8))
     for ax, (title, get) in zip(axes, panels):
         for name, rs in series.items():
             rs = sorted(rs, key=lambda r: r["steps"])
