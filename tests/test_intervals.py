@@ -10,6 +10,7 @@ from hypersd.core.intervals import (
     paired_difference,
     paired_ratio,
     plus_minus,
+    stratified_normal_interval,
     verdict,
 )
 from hypersd.embedded.evaluator.evaluate import fd_cell, overall_cell
@@ -31,6 +32,20 @@ def test_interval_narrows_with_more_prompts():
     w_few = np.subtract(*bootstrap_interval(few, CATS[:60])[::-1])
     w_many = np.subtract(*bootstrap_interval(many, np.resize(CATS, 6000))[::-1])
     assert w_many < w_few / 5
+
+
+def test_normal_interval_from_category_rates_matches_the_bootstrap():
+    """Old tables kept only the categories' pass rates: the normal approximation gives the stratified bootstrap's
+    interval from those (6 categories of 100 prompts, rates from 0.1 to 0.86, as the teacher's)."""
+    rates = [0.81, 0.10, 0.27, 0.86, 0.72, 0.10]
+    categories = np.repeat(np.arange(6), 100)
+    passed = np.concatenate([np.arange(100) < round(r * 100) for r in rates])
+    lo, hi = bootstrap_interval(passed, categories)
+    nlo, nhi = stratified_normal_interval(rates, 100)
+    assert (nlo + nhi) / 2 == pytest.approx(np.mean(rates))
+    assert nlo == pytest.approx(lo, abs=0.006) and nhi == pytest.approx(hi, abs=0.006)
+    assert (nhi - nlo) / 2 == pytest.approx(0.030, abs=0.002)  # the teacher's ± 0.031 in one_step_table.md
+    assert stratified_normal_interval([0.0] * 6, 100) == (0.0, 0.0)
 
 
 def test_category_mean_weights_categories_equally():

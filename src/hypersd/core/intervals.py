@@ -92,3 +92,15 @@ def fd_spread(features: np.ndarray, real_features: np.ndarray, resamples: int = 
 def plus_minus(value: float, low: float, high: float, digits: int = 3) -> str:
     """'0.427 ± 0.020': the value and the half-width of its interval."""
     return f"{value:.{digits}f} ± {(high - low) / 2:.{digits}f}"
+
+
+def stratified_normal_interval(category_rates, per_category: int, level: float = 0.95) -> tuple[float, float]:
+    """The normal approximation of `bootstrap_interval` from the categories' pass rates alone, for tables whose
+    per-prompt judgements were not kept: ShapesEval overall is the mean of K independent binomial rates over
+    `per_category` prompts each, so its variance is sum_c p_c (1 - p_c) / n / K^2 (clipped to [0, 1])."""
+    from statistics import NormalDist
+
+    rates = np.asarray(list(category_rates), dtype=float)
+    mean = float(rates.mean())
+    half = NormalDist().inv_cdf(0.5 + level / 2) * float(np.sqrt(np.sum(rates * (1 - rates)) / per_category)) / len(rates)
+    return max(0.0, mean - half), min(1.0, mean + half)
