@@ -199,13 +199,15 @@ def plot_curves(series: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for label, points in sorted(series.items()):
-        ax.plot([h for h, _ in points], [v for _, v in points], marker=".", label=label)
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    colours, markers = plt.get_cmap("tab20").colors, "o^sDv<>p"
+    for i, (label, points) in enumerate(sorted(series.items())):  # 20 colours x 8 markers: no two runs look alike
+        ax.plot([h for h, _ in points], [v for _, v in points], color=colours[i % 20], marker=markers[i % 8],
+                markersize=4, label=label)
     ax.set_xlabel("training time (hours, 2-core CPU)")
     ax.set_ylabel("ShapesEval, 120 prompts")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
