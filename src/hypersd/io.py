@@ -147,10 +147,18 @@ def save_tensors(tensors: dict, path: Path, metadata: dict | None = None, what: 
     return Path(path)
 
 
-def current_umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()  # read once, at import: reading it means setting it, which other threads would see
+
+
+def current_umask() -> int:
+    """The process's file-creation mask, as it was when hypersd was imported."""
+    return _UMASK
 
 
 @contextlib.contextmanager
