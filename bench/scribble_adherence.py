@@ -18,6 +18,7 @@ Writes bench/results/scribble_adherence[-<name>].{json,md} and a picture grid (.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import random
@@ -116,8 +117,9 @@ def run_row(pipe, controlnet, settings: SampleSettings, prompts, maps, scale: fl
     return np.concatenate(chunks)
 
 
+@functools.lru_cache(maxsize=None)
 def file_digest(path: Path) -> str:
-    """A weight file's content hash: the cache follows what a file holds, not when git last wrote it."""
+    """A weight file's content hash (once per run): the cache follows what a file holds, not when git last wrote it."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from hypersd.errors import UserError, require
 from hypersd.inference.conventions import released_settings
-from hypersd.lora.files import LoraSpec, inference_settings
+from hypersd.lora.files import STEP_TIMESTEPS, LoraSpec, inference_settings
 from hypersd.models.pipelines import INFERENCE_FILE
 
 SCHEDULERS = ("ddim", "ddim-trailing", "tcd", "lcm", "euler", "dpmpp", "default")  # default: the model's own
@@ -55,8 +55,13 @@ class SampleSettings:
 
 
 SETTING_DEFAULTS = {"steps": 4, "scheduler": "ddim-trailing", "guidance": 0.0, "eta": None, "timesteps": None}
-STEP_TIMESTEPS = "step_timesteps"  # a multi-step model's timesteps for some step counts: {"1": [700], "2": [900, 450]}
-RECOMMENDED_KEYS = (*SETTING_DEFAULTS, STEP_TIMESTEPS)
+RECOMMENDED_KEYS = (*SETTING_DEFAULTS, STEP_TIMESTEPS)  # STEP_TIMESTEPS: a multi-step model's timesteps per step count
+
+
+def recommended_part(stored: dict) -> dict:
+    """The sampling settings of a stored recommendation (a LoRA's or UNet file's metadata, a model folder's
+    INFERENCE_FILE), without its other keys (timestep_spacing, guidance_mode, ...)."""
+    return {key: stored[key] for key in RECOMMENDED_KEYS if key in stored}
 
 
 def check_step_timesteps(table, where: str) -> dict[str, list[int]]:
@@ -79,7 +84,7 @@ def recommended_settings(loras: list[LoraSpec]) -> dict:
     for spec in loras:
         stored = inference_settings(spec.path)
         if stored:
-            return {key: stored[key] for key in RECOMMENDED_KEYS if key in stored}
+            return recommended_part(stored)
     for spec in loras:
         named = released_settings(Path(spec.path).name)
         if named:
@@ -98,7 +103,7 @@ def model_settings(model: Path | None) -> dict:
         raise UserError(f"{path} is not valid JSON ({exc.msg}, line {exc.lineno})") from None
     if not isinstance(stored, dict):
         raise UserError(f"{path} must hold a JSON object of sampling settings")
-    return {key: stored[key] for key in RECOMMENDED_KEYS if key in stored}
+    return recommended_part(stored)
 
 
 def pipeline_defaults(model: Path | None) -> dict:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from hypersd.errors import UserError, require
 from hypersd.inference.conventions import released_settings
-from hypersd.inference.settings import SETTING_DEFAULTS, model_settings
+from hypersd.inference.settings import model_settings, recommended_part
 from hypersd.io import save_tensors
 from hypersd.lora.files import DTYPES, INFERENCE_KEY, inference_settings
 from hypersd.models.pipelines import LDM_UNET_PREFIX, unet_weights_file
@@ -41,7 +41,7 @@ def unet_file_settings(path: Path) -> dict:
     """The sampling settings stored in the file, else those its name gives under the release's conventions."""
     stored = inference_settings(path, read_unet_metadata(path)[1], what="UNet file")
     if stored:
-        return {key: stored[key] for key in SETTING_DEFAULTS if key in stored}
+        return recommended_part(stored)
     return released_settings(Path(path).name)
 
 

@@ -19,6 +19,7 @@ from hypersd.errors import UserError
 from hypersd.io import atomic_file, save_tensors
 
 INFERENCE_KEY = "hypersd_inference"
+STEP_TIMESTEPS = "step_timesteps"  # in INFERENCE_KEY: timesteps for some step counts, {"1": [700], "2": [900, 450]}
 BASE_MODEL_KEY = "hypersd_base_model"  # sd1 or sdxl: the architecture the LoRA adapts
 
 
@@ -104,32 +105,30 @@ def cast_lora(src: Path, dst: Path, dtype: str) -> Path:
     """Write `src` to `dst` with every floating tensor in `dtype` (fp32, fp16 or bf16), metadata kept
     and the dtype recorded in it (`hypersd_dtype`)."""
     import torch
-    from safetensors import safe_open
 
     if dtype not in DTYPES:
         raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     target = getattr(torch, DTYPES[dtype])
-    read_metadata(src)  # one clear error for a missing or malformed file
-    with safe_open(src, "pt") as f:
-        metadata = dict(f.metadata() or {})
-        tensors = {k: (t.to(target) if t.is_floating_point() else t) for k in f.keys() for t in [f.get_tensor(k)]}
-    metadata["hypersd_dtype"] = dtype
-    save_tensors(tensors, Path(dst), metadata, what="LoRA")
-    return Path(dst)
+    return rewrite_lora(src, dst, {"hypersd_dtype": dtype}, lambda t: t.to(target) if t.is_floating_point() else t)
 
 
 def with_step_timesteps(src: Path, dst: Path, table: dict[str, list[int]]) -> Path:
-    """Write `src` to `dst` with `table` (step count -> timesteps, hypersd.inference.settings.STEP_TIMESTEPS)
-    added to its recommended sampling settings; weights and other metadata unchanged."""
+    """Write `src` to `dst` with `table` (step count -> timesteps, STEP_TIMESTEPS) added to its recommended
+    sampling settings; weights and other metadata unchanged."""
+    settings = inference_settings(src)
+    settings[STEP_TIMESTEPS] = {**settings.get(STEP_TIMESTEPS, {}), **table}
+    return rewrite_lora(src, dst, {INFERENCE_KEY: json.dumps(settings)})
+
+
+def rewrite_lora(src: Path, dst: Path, metadata_update: dict, convert=None) -> Path:
+    """`src` written to `dst` with `metadata_update` over its metadata and `convert` applied to every tensor."""
     from safetensors import safe_open
 
-    metadata = read_metadata(src)
-    settings = inference_settings(src, metadata)
-    settings["step_timesteps"] = {**settings.get("step_timesteps", {}), **table}
+    read_metadata(src)  # one clear error for a missing or malformed file
     with safe_open(src, "pt") as f:
-        tensors = {key: f.get_tensor(key) for key in f.keys()}
-    metadata[INFERENCE_KEY] = json.dumps(settings)
-    return save_tensors(tensors, Path(dst), metadata, what="LoRA")
+        metadata = dict(f.metadata() or {})
+        tensors = {key: convert(f.get_tensor(key)) if convert else f.get_tensor(key) for key in f.keys()}
+    return save_tensors(tensors, Path(dst), {**metadata, **metadata_update}, what="LoRA")
 
 
 def copy_lora(src: Path, dst: Path) -> Path:
