@@ -7,6 +7,8 @@ teacher's 50-step sample, at 1, 2, 4 and 8 steps.
     python bench/tscd_ablation.py                   # configs/{tscd,lcm,tcd}.yaml, seeds 0 and 1, 600 prompts
     python bench/tscd_ablation.py --seeds 0         # one training seed
     python bench/tscd_ablation.py --quick           # tiny budgets, to check the script end to end
+    python bench/tscd_ablation.py --train-only --methods lcm --seeds 0 1   # train a share only (run two
+                                                    # such shares side by side with OMP_NUM_THREADS=1)
 
 Rows: teacher DDIM at the same step counts (CFG on) and at 50 steps; LCM-style (LCM scheduler),
 TCD-style (TCD scheduler, gamma 0.3), TSCD's final LoRA (DDIM trailing) at 1/2/4/8 steps and each
@@ -79,14 +81,21 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=600)
     parser.add_argument("--n-real", type=int, default=2000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds")
+    parser.add_argument("--methods", nargs="+", choices=("tscd", "lcm", "tcd"), default=["tscd", "lcm", "tcd"],
+                        help="recipes to train (evaluation needs all three)")
+    parser.add_argument("--train-only", action="store_true", help="train (or resume) the runs and stop")
     parser.add_argument("--quick", action="store_true", help="tiny budgets; results go to *-quick files")
     args = parser.parse_args()
     if args.quick:
         args.prompts, args.n_real = min(args.prompts, 24), min(args.n_real, 100)
     runs, train_metrics = {}, {}
     for seed in args.seeds:
-        for name in ("tscd", "lcm", "tcd"):
+        for name in args.methods:
             runs[name, seed], train_metrics[f"{name}-s{seed}"] = train(name, seed, args.model, args.quick)
+    if args.train_only:
+        return
+    if len(args.methods) < 3:
+        parser.error("the evaluation needs all three methods; pass --train-only to train a share")
     suffix = "-quick" if args.quick else ""
     out = RUNS / f"ablation-eval{suffix}"
     prompts = standard_prompts()[: args.prompts]
