@@ -86,6 +86,8 @@ def main() -> None:
     parser.add_argument("--train-only", action="store_true", help="train (or resume) the runs and stop")
     parser.add_argument("--quick", action="store_true", help="tiny budgets; results go to *-quick files")
     args = parser.parse_args()
+    if len(args.methods) < 3 and not args.train_only:
+        parser.error("the evaluation needs all three methods; pass --train-only to train a share")
     if args.quick:
         args.prompts, args.n_real = min(args.prompts, 24), min(args.n_real, 100)
     runs, train_metrics = {}, {}
@@ -94,8 +96,6 @@ def main() -> None:
             runs[name, seed], train_metrics[f"{name}-s{seed}"] = train(name, seed, args.model, args.quick)
     if args.train_only:
         return
-    if len(args.methods) < 3:
-        parser.error("the evaluation needs all three methods; pass --train-only to train a share")
     suffix = "-quick" if args.quick else ""
     out = RUNS / f"ablation-eval{suffix}"
     prompts = standard_prompts()[: args.prompts]
