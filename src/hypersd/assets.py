@@ -15,7 +15,7 @@ DEMO_RECIPE = ROOT / "configs" / "demo-hyper.yaml"
 ONE_STEP_MODEL = ASSETS / "hypersd-one-step" / "hypersd-shapes-1step-unet.safetensors"  # full UNet, LCM [800]
 UNIFIED_LORA = ASSETS / "hypersd-unified" / "dmd-unified.safetensors"           # TCD, eta 0.3, 1-8 steps
 SCRIBBLE_CONTROLNET = ASSETS / "controlnet-scribble"                              # diffusers ControlNet folder
-TINY_VAE = ASSETS / "tiny-vae"  # AutoencoderTiny distilled from the teacher's VAE: the one-step model's fast decoder
+TINY_VAE = ASSETS / "tiny-vae"  # where a tiny VAE would be shipped; none is (it costs quality: bench/results/tiny_vae.md)
 
 # Classifier-free guidance scale at which the shipped teacher is evaluated (its 50-step DDIM
 # reference, the teacher rows of every table, and the teacher target of distillation).

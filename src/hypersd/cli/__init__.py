@@ -1,9 +1,11 @@
 """The `hypersd` command line: one module per verb group, assembled here.
 
-  data.py      hypersd data shapes|prompts, hypersd cache
+  data.py      hypersd data shapes|prompts|pairs|merge-pairs, hypersd cache
   sample.py    hypersd sample, generate, eval
   distill.py   hypersd distill, demo
-  lora.py      hypersd lora merge|export|fuse
+  lora.py      hypersd lora merge|export|fuse|schedule
+  unet.py      hypersd unet export
+  tiny_vae.py  hypersd tiny-vae train
   rewards.py   hypersd rewards ...
   embedded.py  hypersd pretrain, hypersd evaluator train|check, hypersd controlnet train
   app.py       hypersd app (the web demos)
