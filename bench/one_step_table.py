@@ -6,10 +6,11 @@ evaluator in one run, so that every pair of rows is a paired comparison (same pr
 - DMD's regression loss on teacher pairs alone (configs/one-step-regression.yaml), and DMD2 with it
   (configs/one-step-dmd-regression.yaml, from the regression LoRA);
 - the same regression alone with a full-UNet generator (dmd.generator: unet): the shipped one-step
-  model (its fp16 file), also decoded by the shipped tiny VAE; further full-UNet rows (--unet-row: a UNet
+  model (its fp16 file), also decoded by a tiny VAE when assets/tiny-vae holds one; further full-UNet rows (--unet-row: a UNet
   file, a full-UNet checkpoint's generator.safetensors or a pipeline folder);
 - the unified LoRA at 1, 2, 4 and 8 steps: the shipped one against it continued with the regression
-  loss at its one-step jump (configs/unified-regression.yaml);
+  loss at its one-step jump (configs/unified-regression.yaml), and against a second training seed of its
+  recipe (bench/runs/long/unified-demo-s1, when trained);
 - the teacher at 50 guided steps; ratios to it against the issue's targets (one-step model: ShapesEval
   >= 0.85x, FD <= 1.1x; unified @1 >= 0.6x, @2 >= 0.9x); quick ShapesEval (120 prompts) against
   training hours from every run's log.
@@ -59,8 +60,10 @@ SEED_PAIRS = [  # the headline one-step comparison (DMD2 + regression over the r
     (UNET_ROW, "regression alone, full UNet, 1500 it"),
     ("DMD2 + regression from the regression UNet, 350 it, seed 1", "regression alone, full UNet, 1500 it, seed 1"),
 ]
+UNIFIED_SEED_1 = "unified, make demo's recipe, seed 1"  # configs/demo-hyper.yaml with training.seed=1 (fp32)
 UNIFIED = {"unified (shipped)": UNIFIED_LORA,
-           "unified + regression, 400 it": LONG / "unified-regression-s0" / "loras" / "dmd-unified.safetensors"}
+           "unified + regression, 400 it": LONG / "unified-regression-s0" / "loras" / "dmd-unified.safetensors",
+           UNIFIED_SEED_1: LONG / "unified-demo-s1" / "loras" / "dmd-unified.safetensors"}
 CURVES = ["dmd2-one-step-base-s0", "dmd2-one-step-tscd-s0", "one-step-regression-s0", "one-step-regression-unet-s0",
           "one-step-dmd-regression-s0", "unified-regression-s0", "one-step-dmd-regression-unet-s0",
           "one-step-regression-unet-12k-s0", "one-step-regression-unet-s1", "one-step-dmd-regression-unet-s1"]
@@ -126,10 +129,12 @@ def main() -> None:
     pairs = [("TSCD + DMD2, 300 it (LoRA shipped before)", "DMD2 alone (from the base), 700 it")]
     pairs += [(a, b) for i, a in enumerate(labels) for b in labels[i + 1:] if (a, b) != pairs[0] and (b, a) != pairs[0]]
     pairs += [(TINY_ROW, UNET_ROW)] if TINY_VAE.is_dir() else []
-    names = list(UNIFIED)
-    pairs += [(f"{names[1]} @{n}", f"{names[0]} @{n}") for n in (1, 2, 4, 8)]
+    shipped, *others = [name for name, lora in UNIFIED.items() if Path(lora).is_file()]
+    pairs += [(f"{other} @{n}", f"{shipped} @{n}") for other in others if other != UNIFIED_SEED_1 for n in (1, 2, 4, 8)]
     summary["comparisons"] = compare_rows(summary, prompts, pairs)
-    summary["seed_comparisons"] = compare_rows(summary, prompts, SEED_PAIRS)
+    seed_pairs = SEED_PAIRS + [(f"{UNIFIED_SEED_1} @{n}", f"{shipped} @{n}") for n in (1, 2, 4, 8)
+                               if UNIFIED_SEED_1 in others]
+    summary["seed_comparisons"] = compare_rows(summary, prompts, seed_pairs)
     summary["curves"] = {f"{run} {label.split(' ', 1)[1]}": points for run in CURVES if (LONG / run).is_dir()
                          for label, points in progress_series(read_log(LONG / run))[1].items()}
     lines = ["# The dedicated one-step model: every recipe tried (issue 14)", "",
@@ -140,7 +145,9 @@ def main() -> None:
              "bench/results/unified_schedule.md).", "",
              markdown_table(summary), *ratios(summary), "",
              "Two training seeds of the shipped one-step model's two runs (seed 0 is the shipped file; seed 1 "
-             "repeats both runs with `training.seed=1` from the same TSCD LoRA and teacher pairs):", "",
+             "repeats both runs with `training.seed=1` from the same TSCD LoRA and teacher pairs), and of the "
+             "unified LoRA (seed 1: `hypersd distill --recipe configs/demo-hyper.yaml --set training.seed=1`, "
+             "sampled at the shipped LoRA's timesteps):", "",
              *comparison_table(summary["seed_comparisons"])[2:], "", *comparison_table(summary["comparisons"]), "",
              "Quick ShapesEval (120 prompts) against training hours on the 2-core CPU: `one_step_curves.png`.", "",
              "Command: `python bench/one_step_table.py`"]
