@@ -115,6 +115,9 @@ def markdown(summary: dict) -> str:
              markdown_table(summary), "", "Training (same teacher-evaluation budget for every method):", ""]
     for name, metrics in summary["training"].items():
         lines.append(f"- {name}: {metrics.get('train_seconds', float('nan')) / 60:.1f} min")
+    lines += ["", "The minutes are wall time as each run went (threads, other jobs and pauses differ between runs): "
+              "the budgets are equal in iterations and teacher evaluations, and these minutes are not a speed "
+              "comparison (bench/tscd_step_cost.md is)."]
     lines += ["", *comparison_table(summary.get("comparisons", []))]
     return "\n".join(lines) + "\n"
 
