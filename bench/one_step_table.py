@@ -6,8 +6,8 @@ evaluator in one run, so that every pair of rows is a paired comparison (same pr
 - DMD's regression loss on teacher pairs alone (configs/one-step-regression.yaml), and DMD2 with it
   (configs/one-step-dmd-regression.yaml, from the regression LoRA);
 - the same regression alone with a full-UNet generator (dmd.generator: unet): the shipped one-step
-  model (its fp16 file), also decoded by a tiny VAE when assets/tiny-vae holds one; further full-UNet rows (--unet-row: a UNet
-  file, a full-UNet checkpoint's generator.safetensors or a pipeline folder);
+  model (its fp16 file), also decoded by a tiny VAE when assets/tiny-vae holds one; further full-UNet
+  rows (--unet-row: a UNet file, a full-UNet checkpoint's generator.safetensors or a pipeline folder);
 - the unified LoRA at 1, 2, 4 and 8 steps: the shipped one against it continued with the regression
   loss at its one-step jump (configs/unified-regression.yaml), and against a second training seed of its
   recipe (bench/runs/long/unified-demo-s1, when trained);
