@@ -41,6 +41,7 @@ METHODS = {  # recipe, scheduler and eta each method's LoRA is sampled with
     "TCD-style": ("tcd", "tcd", 0.3),
     "TSCD": ("tscd", "ddim-trailing", None),
 }
+RECIPES = tuple(recipe for recipe, _, _ in METHODS.values())
 QUICK = ["stages.0.iterations=4", "data.pool_size=256", "training.batch_size=8"]
 
 
@@ -81,12 +82,12 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=600)
     parser.add_argument("--n-real", type=int, default=2000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds")
-    parser.add_argument("--methods", nargs="+", choices=("tscd", "lcm", "tcd"), default=["tscd", "lcm", "tcd"],
+    parser.add_argument("--methods", nargs="+", choices=RECIPES, default=list(RECIPES),
                         help="recipes to train (evaluation needs all three)")
     parser.add_argument("--train-only", action="store_true", help="train (or resume) the runs and stop")
     parser.add_argument("--quick", action="store_true", help="tiny budgets; results go to *-quick files")
     args = parser.parse_args()
-    if len(args.methods) < 3 and not args.train_only:
+    if set(args.methods) != set(RECIPES) and not args.train_only:
         parser.error("the evaluation needs all three methods; pass --train-only to train a share")
     if args.quick:
         args.prompts, args.n_real = min(args.prompts, 24), min(args.n_real, 100)

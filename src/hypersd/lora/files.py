@@ -124,9 +124,8 @@ def rewrite_lora(src: Path, dst: Path, metadata_update: dict, convert=None) -> P
     """`src` written to `dst` with `metadata_update` over its metadata and `convert` applied to every tensor."""
     from safetensors import safe_open
 
-    read_metadata(src)  # one clear error for a missing or malformed file
+    metadata = read_metadata(src)  # one clear error for a missing or malformed file
     with safe_open(src, "pt") as f:
-        metadata = dict(f.metadata() or {})
         tensors = {key: convert(f.get_tensor(key)) if convert else f.get_tensor(key) for key in f.keys()}
     return save_tensors(tensors, Path(dst), {**metadata, **metadata_update}, what="LoRA")
 
