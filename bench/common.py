@@ -22,7 +22,8 @@ def train_or_reuse(recipe, model: Path, out: Path, init_lora: Path | None = None
     """Train `recipe` into `out` unless a finished run is there; an interrupted one resumes."""
     metrics_file = out / "metrics.json"
     if metrics_file.is_file() and len(json.loads(metrics_file.read_text())["stages"]) == len(recipe.stages):
-        return json.loads(metrics_file.read_text())
+        metrics = json.loads(metrics_file.read_text())  # a run trained by the CLI has no train_seconds
+        return {**metrics, "train_seconds": metrics.get("train_seconds", uninterrupted_seconds(metrics, recipe))}
     resume = has_checkpoint(out)
     if out.exists() and not resume:
         shutil.rmtree(out)
