@@ -188,7 +188,10 @@ def markdown(summary: dict) -> str:
         hours = None if ", step" in r["label"] else summary["training"].get(r["label"].split(" @")[0], {}).get("hours")
         lines.append(f"| {r['label']} | {r['shapes_eval']['overall'] / t_acc:.2f}x | {r['fd'] / t_fd:.2f}x | "
                      f"{'-' if hours is None else f'{hours:.2f}'} |")
-    lines += ["", *comparison_table(summary["comparisons"])]
+    lines += ["", "Training hours are wall time as each run went, across resumes (threads and other jobs differ "
+              "between runs): they are not a speed comparison. The ablation rows are paired against the full run's "
+              "snapshot at the same iteration; ttur-1-same-time runs 3x the iterations with one fake update each.",
+              "", *comparison_table(summary["comparisons"])]
     lines += ["", "Commands:", ""] + [f"- `{c}`" for c in summary["commands"]]
     return "\n".join(lines) + "\n"
 
@@ -244,7 +247,7 @@ def main() -> None:
     summary["training"] = {n: {"hours": _hours(root / n)} for n in done}
     summary["comparisons"] = comparisons(summary, prompts)
     summary["commands"] = [PAIRS_COMMAND] + [command(n, runs[n], root) for n in done]
-    summary["curves"] = curves(root, done)
+    summary["curves"] = curves(root, [n for n in runs if read_log(root / n)])  # unfinished long runs too
     stem = write_results(f"dmd2{'-quick' * args.quick}", summary, markdown(summary))
     plot_curves(summary["curves"], stem.parent / f"dmd2-curves{'-quick' * args.quick}.png")
 
