@@ -21,8 +21,8 @@ RESULTS, RUNS = ROOT / "bench" / "results", ROOT / "bench" / "runs"
 def train_or_reuse(recipe, model: Path, out: Path, init_lora: Path | None = None) -> dict:
     """Train `recipe` into `out` unless a finished run is there; an interrupted one resumes."""
     metrics_file = out / "metrics.json"
-    if metrics_file.is_file() and len(json.loads(metrics_file.read_text())["stages"]) == len(recipe.stages):
-        metrics = json.loads(metrics_file.read_text())  # a run trained by the CLI has no train_seconds
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {"stages": {}}
+    if len(metrics["stages"]) == len(recipe.stages):  # finished; a run trained by the CLI has no train_seconds
         return {**metrics, "train_seconds": metrics.get("train_seconds", uninterrupted_seconds(metrics, recipe))}
     resume = has_checkpoint(out)
     if out.exists() and not resume:

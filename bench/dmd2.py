@@ -247,7 +247,7 @@ def main() -> None:
     summary["training"] = {n: {"hours": _hours(root / n)} for n in done}
     summary["comparisons"] = comparisons(summary, prompts)
     summary["commands"] = [PAIRS_COMMAND] + [command(n, runs[n], root) for n in done]
-    summary["curves"] = curves(root, [n for n in runs if read_log(root / n)])  # unfinished long runs too
+    summary["curves"] = curves(root, [n for n in runs if (root / n / "log.jsonl").is_file()])  # unfinished runs too
     stem = write_results(f"dmd2{'-quick' * args.quick}", summary, markdown(summary))
     plot_curves(summary["curves"], stem.parent / f"dmd2-curves{'-quick' * args.quick}.png")
 

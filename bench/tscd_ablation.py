@@ -115,7 +115,7 @@ def markdown(summary: dict) -> str:
              f"(guidance {TEACHER_GUIDANCE:g}). Distilled rows: no guidance.", "",
              markdown_table(summary), "", "Training (same teacher-evaluation budget for every method):", ""]
     for name, metrics in summary["training"].items():
-        lines.append(f"- {name}: {metrics.get('train_seconds', float('nan')) / 60:.1f} min")
+        lines.append(f"- {name}: {metrics['train_seconds'] / 60:.1f} min")
     lines += ["", "The minutes are wall time as each run went (threads, other jobs and pauses differ between runs): "
               "the budgets are equal in iterations and teacher evaluations, and these minutes are not a speed "
               "comparison (bench/tscd_step_cost.md is)."]
