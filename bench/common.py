@@ -7,7 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
-from hypersd.core.intervals import paired_difference, verdict
+from hypersd.core.intervals import paired_difference, seed_mean, verdict
 from hypersd.embedded.evaluator.evaluate import plot_metrics
 from hypersd.shapes.captions import parse_caption
 from hypersd.train.checkpoint import has_checkpoint
@@ -52,20 +52,29 @@ def write_results(stem_name: str, summary: dict, markdown: str) -> Path:
     return stem
 
 
-def compare_rows(summary: dict, prompts: list[str], pairs: list[tuple[str, str]]) -> list[dict]:
-    """Paired bootstrap of ShapesEval overall, row a minus row b, for the pairs whose rows both exist
-    (same prompts and seeds: one resample of prompts serves both rows)."""
+def compare_rows(summary: dict, prompts: list[str], pairs: list[tuple]) -> list[dict]:
+    """Paired bootstrap of ShapesEval overall, side a minus side b, for the pairs whose rows all exist
+    (same prompts and seeds: one resample of prompts serves both sides). A side is a row's label, or
+    (name, labels): several rows (training seeds of one method) averaged per prompt, so that a resample
+    of prompts keeps every seed's image of that prompt together."""
     rows = {r["label"]: r for r in summary["rows"]}
     categories = [parse_caption(p).category for p in prompts]
     out = []
     for a, b in pairs:
-        if a not in rows or b not in rows:
-            print(f"comparison {a!r} vs {b!r} skipped: {'no row ' + repr(a) if a not in rows else 'no row ' + repr(b)}")
-        else:
-            bits = [[c == "1" for c in rows[x]["passed"]] for x in (a, b)]
-            d, lo, hi = paired_difference(*bits, categories)
-            out.append({"a": a, "b": b, "difference": d, "ci95": [lo, hi], "verdict": verdict(lo, hi)})
+        (name_a, labels_a), (name_b, labels_b) = _side(a), _side(b)
+        missing = [label for label in (*labels_a, *labels_b) if label not in rows]
+        if missing:
+            print(f"comparison {name_a!r} vs {name_b!r} skipped: no row {missing[0]!r}")
+            continue
+        a_passed, b_passed = ([[c == "1" for c in rows[label]["passed"]] for label in labels]
+                              for labels in (labels_a, labels_b))
+        d, lo, hi = paired_difference(seed_mean(a_passed), seed_mean(b_passed), categories)
+        out.append({"a": name_a, "b": name_b, "difference": d, "ci95": [lo, hi], "verdict": verdict(lo, hi)})
     return out
+
+
+def _side(side) -> tuple[str, tuple[str, ...]]:
+    return (side, (side,)) if isinstance(side, str) else (side[0], tuple(side[1]))
 
 
 def comparison_table(comparisons: list[dict]) -> list[str]:

@@ -15,7 +15,8 @@ TCD-style (TCD scheduler, gamma 0.3), TSCD's final LoRA (DDIM trailing) at 1/2/4
 TSCD stage's LoRA at its own step count. Distilled rows sample without guidance.
 Each method is trained with every seed (training.seed: LoRA initialisation, batches, noise); rows are
 labelled with the seed, and TSCD is compared with TCD-style and LCM-style at 2 and 4 steps by a paired
-bootstrap over prompts per seed (an interval holding 0 is a tie).
+bootstrap over prompts per seed and, with several seeds, over the seeds' per-prompt mean (an interval
+holding 0 is a tie).
 Writes bench/results/tscd_ablation.{json,md,png}; training runs go to bench/runs/long/<name>-s<seed>
 (shared with bench/dmd2.py; not committed).
 """
@@ -69,10 +70,17 @@ def rows_for(runs: dict[tuple[str, int], Path], seeds: list[int]) -> list[Row]:
     return rows
 
 
-def pairs(seeds: list[int]) -> list[tuple[str, str]]:
-    """TSCD against TCD-style and LCM-style at 2 and 4 steps, per seed."""
-    return [(f"TSCD s{seed} @{steps}", f"{other} s{seed} @{steps}")
-            for seed in seeds for steps in (2, 4) for other in ("TCD-style", "LCM-style")]
+def pairs(seeds: list[int]) -> list[tuple]:
+    """TSCD against TCD-style and LCM-style at 2 and 4 steps, per seed and, with several seeds, averaged
+    over them per prompt (the two-seed headline)."""
+    out = [(f"TSCD s{seed} @{steps}", f"{other} s{seed} @{steps}")
+           for seed in seeds for steps in (2, 4) for other in ("TCD-style", "LCM-style")]
+    if len(seeds) > 1:
+        tag = "+".join(f"s{seed}" for seed in seeds)
+        out += [tuple((f"{label} {tag} @{steps}", [f"{label} s{seed} @{steps}" for seed in seeds])
+                      for label in ("TSCD", other))
+                for steps in (2, 4) for other in ("TCD-style", "LCM-style")]
+    return out
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ from hypersd.core.intervals import (
     paired_difference,
     paired_ratio,
     plus_minus,
+    seed_mean,
     stratified_normal_interval,
     verdict,
 )
@@ -65,6 +66,18 @@ def test_paired_difference_decides_win_tie_and_loss():
     c = a & (rng.random(600) < 0.6)  # loses ~20% of its passes
     d, lo, hi = paired_difference(a, c, CATS)
     assert d > 0 and verdict(lo, hi) == "better" and verdict(*paired_difference(c, a, CATS)[1:]) == "worse"
+
+
+def test_seed_mean_pools_seeds_per_prompt():
+    rng = np.random.default_rng(5)
+    a0, a1, b0, b1 = (rng.random(600) < p for p in (0.5, 0.45, 0.4, 0.35))
+    assert list(seed_mean([[True, False, True], [True, True, False]])) == [1.0, 0.5, 0.5]
+    pooled, lo, hi = paired_difference(seed_mean([a0, a1]), seed_mean([b0, b1]), CATS)
+    per_seed = [paired_difference(a, b, CATS)[0] for a, b in ((a0, b0), (a1, b1))]
+    assert pooled == pytest.approx(np.mean(per_seed))  # the mean of the per-seed differences
+    assert lo < pooled < hi
+    # one seed given twice is that seed: same difference and same interval
+    assert paired_difference(seed_mean([a0, a0]), seed_mean([b0, b0]), CATS) == paired_difference(a0, b0, CATS)
 
 
 def test_paired_ratio_holds_the_true_ratio_and_separates_a_real_gap():

@@ -54,6 +54,13 @@ def paired_difference(passed_a, passed_b, categories, resamples: int = RESAMPLES
     return category_mean(a, categories) - category_mean(b, categories), float(lo), float(hi)
 
 
+def seed_mean(passed_per_seed) -> np.ndarray:
+    """Per prompt, the fraction of training seeds whose image passed: one row per seed in, one row out.
+    Fed to `paired_difference`, a resample of prompts then keeps every seed's image of a prompt together,
+    and the difference is the mean of the per-seed differences (ShapesEval overall is linear in passes)."""
+    return np.asarray(passed_per_seed, dtype=float).mean(axis=0)
+
+
 def paired_ratio(passed_a, passed_b, categories, resamples: int = RESAMPLES, seed: int = 0,
                  level: float = 0.95) -> tuple[float, float, float]:
     """(a / b, interval low, interval high) for two models judged on the same prompts: a target such
