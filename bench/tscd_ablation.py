@@ -77,9 +77,11 @@ def pairs(seeds: list[int]) -> list[tuple]:
            for seed in seeds for steps in (2, 4) for other in ("TCD-style", "LCM-style")]
     if len(seeds) > 1:
         tag = "+".join(f"s{seed}" for seed in seeds)
-        out += [tuple((f"{label} {tag} @{steps}", [f"{label} s{seed} @{steps}" for seed in seeds])
-                      for label in ("TSCD", other))
-                for steps in (2, 4) for other in ("TCD-style", "LCM-style")]
+        for steps in (2, 4):
+            for other in ("TCD-style", "LCM-style"):
+                tscd, rival = ((f"{label} {tag} @{steps}", [f"{label} s{seed} @{steps}" for seed in seeds])
+                               for label in ("TSCD", other))
+                out.append((tscd, rival))
     return out
 
 
