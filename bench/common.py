@@ -73,6 +73,11 @@ def compare_rows(summary: dict, prompts: list[str], pairs: list[tuple]) -> list[
     return out
 
 
+def across_seeds(per_seed: list[tuple[str, str]], name_a: str, name_b: str) -> tuple:
+    """One pair for compare_rows out of the same comparison's per-seed pairs: each side pools its seeds' rows."""
+    return (name_a, [a for a, _ in per_seed]), (name_b, [b for _, b in per_seed])
+
+
 def _side(side) -> tuple[str, tuple[str, ...]]:
     return (side, (side,)) if isinstance(side, str) else (side[0], tuple(side[1]))
 

@@ -3,7 +3,10 @@ alone, seed 1, beside seed 0's rows of bench/results/one_step_table.json, with a
 two-seed paired verdict.
 
 Seed 0's rows are the snapshots of bench/one_step_table.py: DMD2 from TSCD's k1 LoRA (tscd-s0) at 300
-iterations, and DMD2 from the base model at 700 (configs/dmd2-one-step.yaml, constant learning rate).
+iterations, and DMD2 from the base model at 700 (configs/dmd2-one-step.yaml, constant learning rate:
+a run stopped at N iterations ends where a longer run's snapshot at N is; checked on 2026-11-29, a
+100-iteration run against the 300-iteration run's snapshot at 100: largest weight difference 5e-6,
+the two ran with different thread counts).
 Seed 1 trains the same two runs to those budgets with `training.seed=1`, the first from tscd-s1's k1
 LoRA (bench/tscd_ablation.py trains it), and scores them on the same prompts and sampling seeds, so each
 prompt's pass/fail of seed 0 (read from one_step_table.json) pairs with seed 1's.
@@ -19,7 +22,16 @@ import argparse
 import json
 from pathlib import Path
 
-from common import RESULTS, ROOT, RUNS, compare_rows, comparison_table, train_or_reuse, write_results  # bench/common.py
+from common import (  # bench/common.py
+    RESULTS,
+    ROOT,
+    RUNS,
+    across_seeds,
+    compare_rows,
+    comparison_table,
+    train_or_reuse,
+    write_results,
+)
 
 from hypersd.assets import EVALUATOR, TEACHER, TEACHER_GUIDANCE
 from hypersd.embedded.evaluator.evaluate import Row, evaluate, markdown_table
@@ -67,8 +79,7 @@ def seed_0_rows(summary_file: Path) -> list[dict]:
 def pairs() -> list[tuple]:
     tscd, base = (RUNS_BY_NAME[n][0] for n in ("tscd", "base"))
     per_seed = [(f"{tscd}, seed {s}", f"{base}, seed {s}") for s in (0, SEED)]
-    both = ((f"{tscd}, seeds 0+{SEED}", [a for a, _ in per_seed]), (f"{base}, seeds 0+{SEED}", [b for _, b in per_seed]))
-    return [*per_seed, both]
+    return [*per_seed, across_seeds(per_seed, f"{tscd}, seeds 0+{SEED}", f"{base}, seeds 0+{SEED}")]
 
 
 def main() -> None:

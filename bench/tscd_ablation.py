@@ -26,7 +26,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common import ROOT, RUNS, compare_rows, comparison_table, train_or_reuse, write_results  # bench/common.py
+from common import (  # bench/common.py
+    ROOT,
+    RUNS,
+    across_seeds,
+    compare_rows,
+    comparison_table,
+    train_or_reuse,
+    write_results,
+)
 
 from hypersd.assets import EVALUATOR, TEACHER, TEACHER_GUIDANCE
 from hypersd.embedded.evaluator.evaluate import Row, evaluate
@@ -79,9 +87,8 @@ def pairs(seeds: list[int]) -> list[tuple]:
         tag = "+".join(f"s{seed}" for seed in seeds)
         for steps in (2, 4):
             for other in ("TCD-style", "LCM-style"):
-                tscd, rival = ((f"{label} {tag} @{steps}", [f"{label} s{seed} @{steps}" for seed in seeds])
-                               for label in ("TSCD", other))
-                out.append((tscd, rival))
+                per_seed = [(f"TSCD s{seed} @{steps}", f"{other} s{seed} @{steps}") for seed in seeds]
+                out.append(across_seeds(per_seed, f"TSCD {tag} @{steps}", f"{other} {tag} @{steps}"))
     return out
 
 
