@@ -41,13 +41,14 @@ def uninterrupted_seconds(metrics: dict, recipe) -> float:
     return sum(s["seconds"] / max(ran[name], 1) * stages[name] for name, s in metrics["stages"].items())
 
 
-def write_results(stem_name: str, summary: dict, markdown: str) -> Path:
-    """bench/results/<stem_name>.{json,md,png}."""
+def write_results(stem_name: str, summary: dict, markdown: str, plot=plot_metrics) -> Path:
+    """bench/results/<stem_name>.{json,md,png}; `plot(summary, path)` draws the png (default: each metric
+    against sampling steps)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / stem_name
     stem.with_suffix(".json").write_text(json.dumps(summary, indent=2))
     stem.with_suffix(".md").write_text(markdown)
-    plot_metrics(summary, stem.with_suffix(".png"))
+    plot(summary, stem.with_suffix(".png"))
     print(f"wrote {stem}.md")
     return stem
 

@@ -82,6 +82,34 @@ def pairs() -> list[tuple]:
     return [*per_seed, across_seeds(per_seed, f"{tscd}, seeds 0+{SEED}", f"{base}, seeds 0+{SEED}")]
 
 
+def plot_bars(summary: dict, path: Path) -> None:
+    """ShapesEval of each one-step row with its 95% interval, grouped by seed, the teacher's 50 steps as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in summary["rows"] if r["label"] != TEACHER_ROW]
+    teacher = next(r for r in summary["rows"] if r["label"] == TEACHER_ROW)["shapes_eval"]["overall"]
+    rows.sort(key=lambda r: (r["label"].split("seed ")[-1], r["label"]))
+    values = [r["shapes_eval"]["overall"] for r in rows]
+    errors = [[v - r["shapes_eval_ci95"][0] for v, r in zip(values, rows)],
+              [r["shapes_eval_ci95"][1] - v for v, r in zip(values, rows)]]
+    colors = ["tab:orange" if r["label"].startswith("TSCD") else "tab:gray" for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.bar(range(len(rows)), values, yerr=errors, capsize=6, color=colors)
+    ax.axhline(teacher, color="tab:blue", linestyle="--", label=f"teacher DDIM @50 ({teacher:.3f})")
+    ax.set_xticks(range(len(rows)), [r["label"].replace(" (from the base)", "").replace(", seed", "\nseed")
+                                     for r in rows], fontsize=8)
+    ax.set_ylabel("ShapesEval (95% interval)")
+    ax.set_title("One step: TSCD + DMD2 vs DMD2 alone, two training seeds")
+    ax.set_ylim(0, teacher * 1.2)
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     quiet_libraries()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -114,7 +142,7 @@ def main() -> None:
     lines += ["", *comparison_table(summary["comparisons"]), "",
               "The two-seed row averages each prompt's passes over the two seeds before the bootstrap "
               "(hypersd.core.intervals.seed_mean).", "", "Command: `python bench/table5_seeds.py`"]
-    write_results("table5_seeds", summary, "\n".join(lines) + "\n")
+    write_results("table5_seeds", summary, "\n".join(lines) + "\n", plot=plot_bars)
 
 
 if __name__ == "__main__":
