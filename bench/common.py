@@ -18,8 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS, RUNS = ROOT / "bench" / "results", ROOT / "bench" / "runs"
 
 
-def train_or_reuse(recipe, model: Path, out: Path, init_lora: Path | None = None) -> dict:
-    """Train `recipe` into `out` unless a finished run is there; an interrupted one resumes."""
+def train_or_reuse(recipe, model: Path, out: Path, init_lora: Path | None = None,
+                   init_unet: Path | None = None) -> dict:
+    """Train `recipe` into `out` unless a finished run is there; an interrupted one resumes. init_lora /
+    init_unet: the student's start (a LoRA file; a full-UNet generator's weights)."""
     metrics_file = out / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {"stages": {}}
     if len(metrics["stages"]) == len(recipe.stages):  # finished; a run trained by the CLI has no train_seconds
@@ -27,9 +29,10 @@ def train_or_reuse(recipe, model: Path, out: Path, init_lora: Path | None = None
     resume = has_checkpoint(out)
     if out.exists() and not resume:
         shutil.rmtree(out)
-    metrics = Run(recipe, model, out, init_lora=init_lora).train(resume=resume)
+    metrics = Run(recipe, model, out, init_lora=init_lora, init_unet=init_unet).train(resume=resume)
     metrics["train_seconds"] = uninterrupted_seconds(metrics, recipe)
     metrics["init_lora"] = str(init_lora) if init_lora else None
+    metrics["init_unet"] = str(init_unet) if init_unet else None
     metrics_file.write_text(json.dumps(metrics, indent=2))
     return metrics
 

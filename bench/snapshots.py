@@ -1,7 +1,8 @@
-"""Quality against training step on the full evaluator: every LoRA snapshot a run kept
-(`training.save_lora_every`, RUN/snapshots/<stage>-<step>.safetensors), each sampled at its own
-recommended settings (its metadata), on the 600 ShapesEval prompts with 95% intervals and FD; the
-teacher's 50-step images are the PSNR reference. Picks the snapshot to ship: the best ShapesEval, ties
+"""Quality against training step on the full evaluator: every snapshot a run kept
+(`training.save_lora_every`, RUN/snapshots/<stage>-<step>.safetensors), each LoRA sampled at its own
+recommended settings (its metadata), a full-UNet generator's (<stage>-unet-<step>) at one LCM step,
+on the 600 ShapesEval prompts with 95% intervals and FD; the teacher's 50-step images are the PSNR
+reference. Picks the snapshot to ship: the best ShapesEval, ties
 (overlapping intervals with the best) broken by the lower FD.
 
     python bench/snapshots.py bench/runs/long/dmd2-one-step-tscd-s0
@@ -19,6 +20,7 @@ from common import RUNS, compare_rows, comparison_table, write_results  # bench/
 from hypersd.assets import EVALUATOR, TEACHER
 from hypersd.embedded.evaluator.evaluate import Row, evaluate, markdown_table
 from hypersd.embedded.rows import metadata_settings
+from hypersd.inference.settings import SampleSettings
 from hypersd.progress import quiet_libraries
 from hypersd.shapes.prompts import standard_prompts
 
@@ -31,6 +33,16 @@ def snapshot_files(run: Path, steps: list[int] | None) -> list[tuple[str, int, P
         if step.isdigit() and (not steps or int(step) in steps):
             found.append((stage, int(step), path))
     return sorted(found, key=lambda x: (x[0], x[1]))
+
+
+def snapshot_row(stage: str, step: int, path: Path) -> Row:
+    """A LoRA snapshot at its metadata's settings; a full-UNet generator's (<stage>-unet, stage one-step-t<t>)
+    as the one-step model samples: one LCM step at its timestep t."""
+    label = f"{stage} step {step}"
+    if not stage.endswith("-unet"):
+        return Row(label, metadata_settings(path))
+    timestep = int(stage.removesuffix("-unet").rpartition("-t")[2])
+    return Row(label, SampleSettings(steps=1, scheduler="lcm", guidance=0.0, timesteps=[timestep]), unet=path)
 
 
 def best_row(rows: list[dict]) -> dict:
@@ -50,8 +62,8 @@ def main() -> None:
     args = parser.parse_args()
     files = snapshot_files(args.run, args.steps)
     if not files:
-        raise SystemExit(f"no LoRA snapshots in {args.run / 'snapshots'}")
-    rows = [Row(f"{stage} step {step}", metadata_settings(path)) for stage, step, path in files]
+        raise SystemExit(f"no snapshots in {args.run / 'snapshots'}")
+    rows = [snapshot_row(stage, step, path) for stage, step, path in files]
     prompts = standard_prompts()[: args.prompts]
     summary = evaluate(TEACHER, rows, prompts, EVALUATOR, RUNS / f"snapshots-{args.run.name}", n_real=args.n_real)
     summary["files"] = {f"{stage} step {step}": str(path) for stage, step, path in files}

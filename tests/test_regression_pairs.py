@@ -207,6 +207,25 @@ def test_init_unet_starts_the_full_unet_generator_from_given_weights(tiny_pipeli
         Run(lora_recipe, tiny_pipeline_dir, tmp_path / "run4", init_unet=tmp_path / "trained-unet")
 
 
+def test_full_unet_generator_keeps_its_weights_every_save_lora_every_steps(tiny_pipeline_dir, tiny_pairs, tmp_path):
+    """training.save_lora_every with a full-UNet generator: RUN/snapshots/<stage>-unet-<step> holds the
+    generator's weights at that step, equal to the checkpoint's (a later step's differ: it is not the end)."""
+    from hypersd.train.outputs import snapshot_unet
+
+    recipe = _recipe(tmp_path, tiny_pairs, "dmd_weight: 0, regression_weight: 1.0, generator: unet", iterations=3,
+                     extra=["training.save_lora_every=2", "training.checkpoint_every=2"])
+    run = Run(recipe, tiny_pipeline_dir, tmp_path / "run")
+    run.train()
+    kept = sorted(p.name for p in (tmp_path / "run" / "snapshots").iterdir())
+    assert kept == [snapshot_unet(tmp_path / "run", "one-step-t800", 2).name] == ["one-step-t800-unet-0000002.safetensors"]
+    at_2 = load_file(tmp_path / "run" / "snapshots" / kept[0])
+    checkpoint_2 = load_file(tmp_path / "run" / "checkpoints" / "s00-0000002" / "generator.safetensors")
+    assert at_2.keys() == checkpoint_2.keys()
+    assert all(torch.equal(at_2[k], checkpoint_2[k]) for k in at_2)
+    final = run.generator_unet(0).state_dict()
+    assert any(not torch.equal(at_2[k], final[k]) for k in at_2)
+
+
 def test_merge_pairs_concatenates_files_of_one_sampler(tmp_path, monkeypatch, capsys):
     a, b = _pairs(3), _pairs(2)
     b.info = {"steps": 2, "seed": 9}

@@ -95,6 +95,11 @@ def phase_lora(run: Path, name: str) -> Path | None:
     return None
 
 
+def snapshot_unet(run: Path, stage: str, step: int) -> Path:
+    """Where a full-UNet generator's weights at `step` of stage `stage` are kept (training.save_lora_every)."""
+    return Path(run) / "snapshots" / f"{stage}-unet-{step:07d}.safetensors"
+
+
 def snapshot_lora(run: Path, stage: str, step: int) -> Path | None:
     """The student LoRA a run kept at `step` of stage `stage` (training.save_lora_every), if there is one."""
     path = Path(run) / "snapshots" / f"{stage}-{step:07d}.safetensors"

@@ -13,7 +13,7 @@ from hypersd.data.pairs import load_pairs
 from hypersd.errors import UserError
 from hypersd.inference.sample import generate, write_samples
 from hypersd.inference.settings import SampleSettings
-from hypersd.io import temporary_name
+from hypersd.io import save_tensors, temporary_name
 from hypersd.lora.adapters import FEEDBACK, STUDENT, set_adapter_scale
 from hypersd.lora.files import save_lora
 from hypersd.lora.merge import merge_lora_files
@@ -27,7 +27,7 @@ from hypersd.train.objectives.base import Objective
 from hypersd.train.objectives.dmd import ScoreDistillation
 from hypersd.train.objectives.feedback import FeedbackLearning
 from hypersd.train.objectives.tscd import TSCD
-from hypersd.train.outputs import FEEDBACK_LORA, stage_inference, stage_name, stage_output
+from hypersd.train.outputs import FEEDBACK_LORA, snapshot_unet, stage_inference, stage_name, stage_output
 from hypersd.train.parallel import average_gradients
 from hypersd.train.recipe import Stage
 
@@ -131,11 +131,17 @@ class StageLoop:
         return StageResult(True, ran, sum(recent) / max(len(recent), 1), time.time() - tick, self.start)
 
     def snapshot(self, step: int) -> None:
-        """RUN/snapshots/<stage>-<step>.safetensors: the student LoRA as the stage's file would hold it now."""
+        """RUN/snapshots/<stage>-<step>.safetensors: the student LoRA as the stage's file would hold it now;
+        for a full-UNet generator, its weights as a checkpoint holds them (<stage>-unet-<step>.safetensors,
+        readable by --init-unet, `hypersd unet export` and `generate --unet`)."""
         run = self.run
-        if run.accelerator.is_main_process and not run.trains_unet(self.index):
-            path = run.out / "snapshots" / f"{stage_name(self.stage)}-{step:07d}.safetensors"
-            _save_student(run, self.index, self.stage, path)
+        if not run.accelerator.is_main_process:
+            return
+        if run.trains_unet(self.index):
+            save_tensors({k: v.detach().cpu() for k, v in run.generator_unet(self.index).state_dict().items()},
+                         snapshot_unet(run.out, stage_name(self.stage), step), what="generator snapshot")
+            return
+        _save_student(run, self.index, self.stage, run.out / "snapshots" / f"{stage_name(self.stage)}-{step:07d}.safetensors")
 
     def quick_eval(self, step: int) -> None:
         """The run's monitor (e.g. ShapesEval on 120 prompts) on the student as it is now, at each
