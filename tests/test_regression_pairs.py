@@ -217,7 +217,8 @@ def test_full_unet_generator_keeps_its_weights_every_save_lora_every_steps(tiny_
     run = Run(recipe, tiny_pipeline_dir, tmp_path / "run")
     run.train()
     kept = sorted(p.name for p in (tmp_path / "run" / "snapshots").iterdir())
-    assert kept == [snapshot_unet(tmp_path / "run", "one-step-t800", 2).name] == ["one-step-t800-unet-0000002.safetensors"]
+    assert kept == [snapshot_unet(tmp_path / "run", "one-step-t800", 2).name]
+    assert kept == ["one-step-t800-unet-0000002.safetensors"]
     at_2 = load_file(tmp_path / "run" / "snapshots" / kept[0])
     checkpoint_2 = load_file(tmp_path / "run" / "checkpoints" / "s00-0000002" / "generator.safetensors")
     assert at_2.keys() == checkpoint_2.keys()

@@ -141,7 +141,8 @@ class StageLoop:
             save_tensors({k: v.detach().cpu() for k, v in run.generator_unet(self.index).state_dict().items()},
                          snapshot_unet(run.out, stage_name(self.stage), step), what="generator snapshot")
             return
-        _save_student(run, self.index, self.stage, run.out / "snapshots" / f"{stage_name(self.stage)}-{step:07d}.safetensors")
+        path = run.out / "snapshots" / f"{stage_name(self.stage)}-{step:07d}.safetensors"
+        _save_student(run, self.index, self.stage, path)
 
     def quick_eval(self, step: int) -> None:
         """The run's monitor (e.g. ShapesEval on 120 prompts) on the student as it is now, at each
