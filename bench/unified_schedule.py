@@ -5,8 +5,8 @@ the 600 standard prompts, paired, so the figure that is reported is not the one 
 
     python bench/unified_schedule.py                      # the shipped unified LoRA
     python bench/unified_schedule.py --lora FILE --dev-prompts 240
-Writes bench/results/unified_schedule.{json,md,png} and prints the `hypersd lora schedule` command that
-writes the choice into a LoRA's metadata (step_timesteps).
+Writes bench/results/NAME.{json,md,png} (--name, default unified_schedule) and prints the `hypersd lora
+schedule` command that writes the choice into a LoRA's metadata (step_timesteps).
 """
 
 from __future__ import annotations
@@ -65,6 +65,8 @@ def main() -> None:
     parser.add_argument("--dev-prompts", type=int, default=240)
     parser.add_argument("--prompts", type=int, default=600)
     parser.add_argument("--n-real", type=int, default=2000)
+    parser.add_argument("--name", default="unified_schedule", help="results file stem in bench/results (another "
+                        "LoRA than the shipped one gets its own)")
     args = parser.parse_args()
     at = {n: replace(metadata_settings(args.lora, n), timesteps=None) for n in TEST_STEPS}  # trailing spacing
 
@@ -107,8 +109,9 @@ def main() -> None:
         lines.append(f"| {r['label']} | {r['shapes_eval']['overall'] / TEACHER_AT_50:.2f}x "
                      f"[{lo / TEACHER_AT_50:.2f}, {hi / TEACHER_AT_50:.2f}] |")
     lines += ["", f"Write the choice into a LoRA: `hypersd lora schedule {lora} {adopted} --out FILE`", "",
-              f"Command: `python bench/unified_schedule.py --lora {lora} --dev-prompts {args.dev_prompts}`"]
-    write_results("unified_schedule", test, "\n".join(lines) + "\n")
+              f"Command: `python bench/unified_schedule.py --lora {lora} --dev-prompts {args.dev_prompts}"
+              + (f" --name {args.name}`" if args.name != "unified_schedule" else "`")]
+    write_results(args.name, test, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,108 @@
+"""The unified LoRA trained with DMD2 and backward simulation (issue 14; DMD2 sec. 4.5): the run of
+configs/dmd2-unified.yaml from TSCD's k1 LoRA, scored at 1, 2, 4 and 8 steps on the full evaluator
+against the LoRA it starts from and against the shipped unified LoRA (make demo's recipe), paired.
+
+The run's generator reads pure noise at t = 999 for one step, or the point its own 2- or 4-step
+sampler reaches from noise (no gradient), so it learns 1, 2 and 4 steps from its own trajectories; the
+TSCD consistency MSE stays on. Its snapshots (every 100 iterations) are scored at their own metadata's
+settings (TCD, trailing spacing) and, at 1, 2 and 4 steps, also at the timesteps the shipped unified
+LoRA names (bench/results/unified_schedule.md), so that neither side has a schedule the other lacks.
+
+    hypersd distill --recipe configs/dmd2-unified.yaml \
+        --init-lora bench/runs/long/tscd-s0/loras/tscd-k1.safetensors --out bench/runs/long/dmd2-unified-tscd-s0
+    python bench/unified_dmd2.py --steps 500 900   # the run's snapshots at 500 and 900 iterations
+Writes bench/results/unified_dmd2.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+from common import RESULTS, ROOT, RUNS, compare_rows, comparison_table, write_results  # bench/common.py
+from dmd2 import plot_curves  # bench/dmd2.py
+
+from hypersd.assets import EVALUATOR, TEACHER, TEACHER_GUIDANCE, UNIFIED_LORA
+from hypersd.embedded.evaluator.evaluate import Row, evaluate, markdown_table
+from hypersd.embedded.rows import metadata_settings
+from hypersd.inference.settings import SampleSettings
+from hypersd.progress import quiet_libraries
+from hypersd.shapes.prompts import standard_prompts
+from hypersd.train.curves import progress_series, read_log
+
+LONG = RUNS / "long"
+RUN = LONG / "dmd2-unified-tscd-s0"
+START = LONG / "tscd-s0" / "loras" / "tscd-k1.safetensors"
+TEACHER_ROW = "teacher DDIM @50"
+STEPS = (1, 2, 4, 8)
+
+
+def snapshot(step: int) -> Path:
+    return RUN / "snapshots" / f"unified-{step:07d}.safetensors"
+
+
+def rows_for(steps: list[int]) -> tuple[list[Row], list[tuple]]:
+    """The evaluated rows (the run's snapshots at `steps`, its start, the shipped LoRA) and the paired
+    comparisons between them."""
+    start, shipped = "TSCD k1 (its start)", "unified (shipped)"
+    shipped_ts = {n: metadata_settings(UNIFIED_LORA, n).timesteps for n in STEPS}
+    rows = [Row(TEACHER_ROW, SampleSettings(steps=50, scheduler="ddim", guidance=TEACHER_GUIDANCE))]
+    pairs = []
+    for n in STEPS:
+        rows += [Row(f"{start} @{n}", metadata_settings(START, n)),
+                 Row(f"{shipped} @{n}", metadata_settings(UNIFIED_LORA, n))]
+        for step in steps:
+            new = f"DMD2 + backward simulation, {step} it"
+            rows.append(Row(f"{new} @{n}", metadata_settings(snapshot(step), n)))
+            pairs += [(f"{new} @{n}", f"{start} @{n}"), (f"{new} @{n}", f"{shipped} @{n}")]
+            if shipped_ts[n] is not None:
+                at = f"{new} @{n}, shipped timesteps"
+                rows.append(Row(at, replace(metadata_settings(snapshot(step), n), timesteps=shipped_ts[n])))
+                pairs.append((at, f"{shipped} @{n}"))
+    return rows, pairs
+
+
+def target_lines(summary: dict) -> list[str]:
+    teacher = next(r for r in summary["rows"] if r["label"] == TEACHER_ROW)["shapes_eval"]["overall"]
+    lines = ["Against the targets (unified @1 >= 0.6x and @2 >= 0.9x the teacher's ShapesEval; @4 and @8 no worse "
+             "than the shipped LoRA within the interval):", ""]
+    for r in summary["rows"]:
+        if r["label"] != TEACHER_ROW:
+            lo, hi = r["shapes_eval_ci95"]
+            lines.append(f"- {r['label']}: {r['shapes_eval']['overall'] / teacher:.2f}x [{lo / teacher:.2f}, "
+                         f"{hi / teacher:.2f}]")
+    return lines
+
+
+def main() -> None:
+    quiet_libraries()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, nargs="+", required=True, help="the run's snapshots to score")
+    parser.add_argument("--prompts", type=int, default=600)
+    parser.add_argument("--n-real", type=int, default=2000)
+    args = parser.parse_args()
+    missing = [str(p) for p in (*map(snapshot, args.steps), START) if not p.is_file()]
+    if missing:
+        raise SystemExit(f"missing {missing[0]}: train it first (commands in this script's docstring)")
+    rows, pairs = rows_for(args.steps)
+    prompts = standard_prompts()[: args.prompts]
+    summary = evaluate(TEACHER, rows, prompts, EVALUATOR, RUNS / "unified-dmd2", n_real=args.n_real)
+    summary["comparisons"] = compare_rows(summary, prompts, pairs)
+    summary["curves"] = {f"{RUN.name} {label.split(' ', 1)[1]}": points
+                         for label, points in progress_series(read_log(RUN))[1].items()}
+    lines = ["# The unified LoRA with DMD2 and backward simulation", "",
+             f"{len(prompts)} ShapesEval prompts (± half-width of the 95% bootstrap interval), FD against "
+             f"{args.n_real} real renders (± sd over 5 resamples). `{RUN.relative_to(ROOT)}` "
+             f"(configs/dmd2-unified.yaml, seed 0) at {' and '.join(map(str, args.steps))} iterations, from "
+             f"`{START.relative_to(ROOT)}`; each row at its LoRA's metadata settings unless it says "
+             "\"shipped timesteps\". One training seed.", "", markdown_table(summary), "",
+             *target_lines(summary), "", *comparison_table(summary["comparisons"]), "",
+             "Quick ShapesEval (120 prompts) against training time: `unified_dmd2_curves.png`.", "",
+             f"Command: `python bench/unified_dmd2.py --steps {' '.join(map(str, args.steps))}`"]
+    write_results("unified_dmd2", summary, "\n".join(lines) + "\n")
+    plot_curves(summary["curves"], RESULTS / "unified_dmd2_curves.png")
+
+
+if __name__ == "__main__":
+    main()
