@@ -207,9 +207,8 @@ class Training:
                                       # the student on eval_prompts standard prompts, logged and plotted in
                                       # RUN/progress.png (`hypersd distill`; the Shapes evaluator)
     eval_prompts: int = 120
-    save_lora_every: int = 0          # also keep the student LoRA every N steps of a stage in RUN/snapshots/ (a
-                                      # full-UNet generator: its weights; quality against training time;
-                                      # ablations at a shorter budget); 0 = no
+    save_lora_every: int = 0          # also keep the student LoRA (a full-UNet generator: its weights) every N
+                                      # steps in RUN/snapshots/ (quality against training time); 0 = no
     seed: int = 0
 
     def validate(self, where: str) -> None:
