@@ -50,8 +50,8 @@ RUNS_BY_NAME = {  # name -> (row label, recipe overrides)
     "control": ("+ DMD2 + regression (control)", ["stages.0.dmd.with_feedback=false"]),
 }
 COMPARED = [("feedback", "control"), ("feedback-strong", "control"), ("feedback-strong", "feedback"),
-            ("feedback", None), ("feedback-strong", None), ("control", None)]  # None: the shipped model
-SHIPPED_ROW = "shipped one-step model (start)"
+            ("feedback", None), ("feedback-strong", None), ("control", None)]  # None: the start
+SHIPPED_ROW = "start (the one-step model shipped until 436e4f1)"
 START_COMMIT = "436e4f1"  # the last commit that shipped the start (assets/ now holds the control's seed 1)
 START = RUNS / f"one-step-unet-{START_COMMIT}.safetensors"
 TEACHER_ROW = "teacher DDIM @50"
@@ -64,7 +64,9 @@ def start_model() -> Path:
         blob = subprocess.run(["git", "-C", str(ROOT), "show", f"{START_COMMIT}:{ONE_STEP_MODEL.relative_to(ROOT)}"],
                               capture_output=True, check=True).stdout
         START.parent.mkdir(parents=True, exist_ok=True)
-        START.write_bytes(blob)
+        partial = START.with_suffix(".partial")
+        partial.write_bytes(blob)
+        partial.replace(START)  # a killed run leaves no half-written start behind
     return START
 
 
@@ -85,7 +87,7 @@ def generator_at(name: str, seed: int, step: int, iterations: int) -> Path:
 
 
 def label(name: str, seed: int, iterations: int) -> str:
-    return f"shipped {RUNS_BY_NAME[name][0]}, {iterations} it, seed {seed}"
+    return f"start {RUNS_BY_NAME[name][0]}, {iterations} it, seed {seed}"
 
 
 def steps_kept(iterations: int, every: int) -> list[int]:
@@ -106,7 +108,7 @@ def pairs(seeds: list[int], iterations: int) -> list[tuple]:
 
 def plot_steps(summary: dict, seeds: list[int], steps: list[int], path: Path) -> None:
     """ShapesEval (600 prompts, 95% interval) against training iterations, one line per run; iteration 0
-    is the shipped model every run starts from."""
+    is the start (the one-step model shipped until 436e4f1) every run begins from."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -122,7 +124,7 @@ def plot_steps(summary: dict, seeds: list[int], steps: list[int], path: Path) ->
                   [r["shapes_eval_ci95"][1] - v for v, (_, r) in zip(values, found)]]
         ax.errorbar([x + 3 * i for x, _ in found], values, yerr=errors, capsize=3, marker="o", markersize=4,
                     linestyle="-" if seed == seeds[0] else "--", label=f"{RUNS_BY_NAME[name][0]}, seed {seed}")
-    ax.set_xlabel("iterations from the shipped one-step model (points offset a little to stay apart)")
+    ax.set_xlabel("iterations from the start (points offset a little to stay apart)")
     ax.set_ylabel("ShapesEval (95% interval)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -132,9 +134,9 @@ def plot_steps(summary: dict, seeds: list[int], steps: list[int], path: Path) ->
 
 
 def short_label(row_label: str) -> str:
-    """'shipped + DMD2 + regression + feedback 0.3, 300 it, seed 0' -> 'feedback 0.3\nseed 0' (bar labels)."""
+    """'start + DMD2 + regression + feedback 0.3, 300 it, seed 0' -> 'feedback 0.3\nseed 0' (bar labels)."""
     if row_label == SHIPPED_ROW:
-        return "start\n(shipped before)"
+        return "start\n(shipped until 436e4f1)"
     method, _, seed = row_label.split(", ")
     return f"{method.split('regression')[-1].strip(' +()') or 'control'}\n{seed}"
 
