@@ -11,6 +11,9 @@ LoRA names (bench/results/unified_schedule.md), so that neither side has a sched
     hypersd distill --recipe configs/dmd2-unified.yaml \
         --init-lora bench/runs/long/tscd-s0/loras/tscd-k1.safetensors --out bench/runs/long/dmd2-unified-tscd-s0
     python bench/unified_dmd2.py --steps 500 900   # the run's snapshots at 500 and 900 iterations
+    hypersd distill --recipe configs/dmd2-unified.yaml --set training.seed=1 --set stages.0.iterations=500 \
+        --init-lora bench/runs/long/tscd-s1/loras/tscd-k1.safetensors --out bench/runs/long/dmd2-unified-tscd-s1
+    python bench/unified_dmd2.py --steps 500 900 --seed-1 500   # and seed 1 at 500, pooled with seed 0's
 Writes bench/results/unified_dmd2.{json,md,png}.
 """
 
@@ -20,7 +23,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from common import RESULTS, ROOT, RUNS, compare_rows, comparison_table, write_results  # bench/common.py
+from common import RESULTS, ROOT, RUNS, across_seeds, compare_rows, comparison_table, write_results  # bench/common.py
 from dmd2 import plot_curves  # bench/dmd2.py
 
 from hypersd.assets import EVALUATOR, TEACHER, TEACHER_GUIDANCE, UNIFIED_LORA
@@ -34,12 +37,14 @@ from hypersd.train.curves import progress_series, read_log
 LONG = RUNS / "long"
 RUN = LONG / "dmd2-unified-tscd-s0"
 START = LONG / "tscd-s0" / "loras" / "tscd-k1.safetensors"
+SEED_1_RUN = LONG / "dmd2-unified-tscd-s1"  # the same recipe with training.seed=1 from tscd-s1's k1 LoRA
+SEED_1_START = LONG / "tscd-s1" / "loras" / "tscd-k1.safetensors"
 TEACHER_ROW = "teacher DDIM @50"
 STEPS = (1, 2, 4, 8)
 
 
-def snapshot(step: int) -> Path:
-    return RUN / "snapshots" / f"unified-{step:07d}.safetensors"
+def snapshot(step: int, run: Path = RUN) -> Path:
+    return run / "snapshots" / f"unified-{step:07d}.safetensors"
 
 
 def rows_for(steps: list[int]) -> tuple[list[Row], list[tuple]]:
@@ -63,6 +68,30 @@ def rows_for(steps: list[int]) -> tuple[list[Row], list[tuple]]:
     return rows, pairs
 
 
+def seed_1_rows(step: int) -> tuple[list[Row], list[tuple]]:
+    """Seed 1's run at `step` beside seed 0's: its rows, its own pairs, and both seeds pooled per prompt
+    (each side's passes averaged over the seeds before the bootstrap) against the shipped LoRA."""
+    start, shipped = "TSCD k1 (its start), seed 1", "unified (shipped)"
+    new, seed_0, pooled = (f"DMD2 + backward simulation, {step} it{suffix}"
+                           for suffix in (", seed 1", "", ", seeds 0+1"))
+    shipped_ts = {n: metadata_settings(UNIFIED_LORA, n).timesteps for n in STEPS}
+    rows, pairs = [], []
+    for n in STEPS:
+        lora = snapshot(step, SEED_1_RUN)
+        rows += [Row(f"{start} @{n}", metadata_settings(SEED_1_START, n)),
+                 Row(f"{new} @{n}", metadata_settings(lora, n))]
+        pairs += [(f"{new} @{n}", f"{start} @{n}"), (f"{new} @{n}", f"{shipped} @{n}"),
+                  across_seeds([(f"{seed_0} @{n}", f"{shipped} @{n}"), (f"{new} @{n}", f"{shipped} @{n}")],
+                               f"{pooled} @{n}", f"{shipped} @{n}")]
+        if shipped_ts[n] is not None:
+            at = f"{new} @{n}, shipped timesteps"
+            rows.append(Row(at, replace(metadata_settings(lora, n), timesteps=shipped_ts[n])))
+            pairs += [(at, f"{shipped} @{n}"),
+                      across_seeds([(f"{seed_0} @{n}, shipped timesteps", f"{shipped} @{n}"),
+                                    (at, f"{shipped} @{n}")], f"{pooled} @{n}, shipped timesteps", f"{shipped} @{n}")]
+    return rows, pairs
+
+
 def target_lines(summary: dict) -> list[str]:
     teacher = next(r for r in summary["rows"] if r["label"] == TEACHER_ROW)["shapes_eval"]["overall"]
     lines = ["Against the targets (unified @1 >= 0.6x and @2 >= 0.9x the teacher's ShapesEval; @4 and @8 no worse "
@@ -79,13 +108,23 @@ def main() -> None:
     quiet_libraries()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, nargs="+", required=True, help="the run's snapshots to score")
+    parser.add_argument("--seed-1", type=int, metavar="STEP", help="also the seed-1 run's snapshot at STEP (one of "
+                        "--steps), paired with seed 0's and pooled with it")
     parser.add_argument("--prompts", type=int, default=600)
     parser.add_argument("--n-real", type=int, default=2000)
     args = parser.parse_args()
-    missing = [str(p) for p in (*map(snapshot, args.steps), START) if not p.is_file()]
+    wanted = [*map(snapshot, args.steps), START]
+    if args.seed_1 is not None:
+        if args.seed_1 not in args.steps:
+            raise SystemExit(f"--seed-1 {args.seed_1} must be one of --steps, to pair it with seed 0")
+        wanted += [snapshot(args.seed_1, SEED_1_RUN), SEED_1_START]
+    missing = [str(p) for p in wanted if not p.is_file()]
     if missing:
         raise SystemExit(f"missing {missing[0]}: train it first (commands in this script's docstring)")
     rows, pairs = rows_for(args.steps)
+    if args.seed_1 is not None:
+        more_rows, more_pairs = seed_1_rows(args.seed_1)
+        rows, pairs = rows + more_rows, pairs + more_pairs
     prompts = standard_prompts()[: args.prompts]
     summary = evaluate(TEACHER, rows, prompts, EVALUATOR, RUNS / "unified-dmd2", n_real=args.n_real)
     summary["comparisons"] = compare_rows(summary, prompts, pairs)
@@ -96,10 +135,14 @@ def main() -> None:
              f"{args.n_real} real renders (± sd over 5 resamples). `{RUN.relative_to(ROOT)}` "
              f"(configs/dmd2-unified.yaml, seed 0) at {' and '.join(map(str, args.steps))} iterations, from "
              f"`{START.relative_to(ROOT)}`; each row at its LoRA's metadata settings unless it says "
-             "\"shipped timesteps\". One training seed.", "", markdown_table(summary), "",
+             "\"shipped timesteps\"." + (f" Seed 1 (`{SEED_1_RUN.relative_to(ROOT)}`, `training.seed=1`, from "
+                                          f"`{SEED_1_START.relative_to(ROOT)}`) at {args.seed_1} iterations."
+                                          if args.seed_1 is not None else " One training seed."),
+             "", markdown_table(summary), "",
              *target_lines(summary), "", *comparison_table(summary["comparisons"]), "",
              "Quick ShapesEval (120 prompts) against training time: `unified_dmd2_curves.png`.", "",
-             f"Command: `python bench/unified_dmd2.py --steps {' '.join(map(str, args.steps))}`"]
+             f"Command: `python bench/unified_dmd2.py --steps {' '.join(map(str, args.steps))}"
+             + (f" --seed-1 {args.seed_1}`" if args.seed_1 is not None else "`")]
     write_results("unified_dmd2", summary, "\n".join(lines) + "\n")
     plot_curves(summary["curves"], RESULTS / "unified_dmd2_curves.png")
 
