@@ -86,6 +86,20 @@ def _side(side) -> tuple[str, tuple[str, ...]]:
     return (side, (side,)) if isinstance(side, str) else (side[0], tuple(side[1]))
 
 
+def teacher_ratio_lines(summary: dict, teacher_label: str, keep=lambda label: True) -> list[str]:
+    """Markdown bullets: each kept row's ShapesEval as a multiple of the teacher row's, with its 95% interval
+    divided by the same value, and its FD as a multiple of the teacher's."""
+    teacher = next(r for r in summary["rows"] if r["label"] == teacher_label)
+    acc, fd = teacher["shapes_eval"]["overall"], teacher["fd"]
+    lines = []
+    for r in summary["rows"]:
+        if r is not teacher and keep(r["label"]):
+            lo, hi = r["shapes_eval_ci95"]
+            lines.append(f"- {r['label']}: ShapesEval {r['shapes_eval']['overall'] / acc:.2f}x [{lo / acc:.2f}, "
+                         f"{hi / acc:.2f}], FD {r['fd'] / fd:.2f}x")
+    return lines
+
+
 def comparison_table(comparisons: list[dict]) -> list[str]:
     """Markdown lines: a, b, a - b, its 95% interval and the verdict (an interval holding 0 is a tie)."""
     lines = ["Paired comparisons (ShapesEval a - b over the same prompts and seeds, 95% bootstrap interval; "

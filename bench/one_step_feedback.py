@@ -29,6 +29,7 @@ from common import (  # bench/common.py
     across_seeds,
     compare_rows,
     comparison_table,
+    teacher_ratio_lines,
     train_or_reuse,
     write_results,
 )
@@ -208,10 +209,8 @@ def main() -> None:
     summary["held_out"] = evaluate(TEACHER, [rows[1], *final], held_out, EVALUATOR, RUNS / "one-step-feedback-held-out",
                                    n_real=args.n_real, seed=DEV_NOISE_SEED, psnr_reference=False)
     summary["held_out"]["comparisons"] = compare_rows(summary["held_out"], held_out, pairs(args.seeds, iterations))
-    teacher = next(r for r in summary["rows"] if r["label"] == TEACHER_ROW)
-    ratio_lines = [f"- {r['label']}: ShapesEval {r['shapes_eval']['overall'] / teacher['shapes_eval']['overall']:.2f}x "
-                   f"the teacher's, FD {r['fd'] / teacher['fd']:.2f}x" for r in summary["rows"]
-                   if r is not teacher and (r["label"] == SHIPPED_ROW or f", {iterations} it," in r["label"])]
+    ratio_lines = teacher_ratio_lines(summary, TEACHER_ROW,
+                                      keep=lambda lb: lb == SHIPPED_ROW or f", {iterations} it," in lb)
     lines = ["# The one-step model with feedback learning (Hyper-SD sec. 3.2-3.3)", "",
              f"{len(prompts)} ShapesEval prompts (± half-width of the 95% bootstrap interval), FD against "
              f"{args.n_real} real renders (± sd over 5 resamples). Every one-step row: one LCM step at t = 800. Every "

@@ -23,7 +23,16 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from common import RESULTS, ROOT, RUNS, across_seeds, compare_rows, comparison_table, write_results  # bench/common.py
+from common import (  # bench/common.py
+    RESULTS,
+    ROOT,
+    RUNS,
+    across_seeds,
+    compare_rows,
+    comparison_table,
+    teacher_ratio_lines,
+    write_results,
+)
 from dmd2 import plot_curves  # bench/dmd2.py
 
 from hypersd.assets import EVALUATOR, TEACHER, TEACHER_GUIDANCE, UNIFIED_LORA
@@ -92,18 +101,6 @@ def seed_1_rows(step: int) -> tuple[list[Row], list[tuple]]:
     return rows, pairs
 
 
-def target_lines(summary: dict) -> list[str]:
-    teacher = next(r for r in summary["rows"] if r["label"] == TEACHER_ROW)["shapes_eval"]["overall"]
-    lines = ["Against the targets (unified @1 >= 0.6x and @2 >= 0.9x the teacher's ShapesEval; @4 and @8 no worse "
-             "than the shipped LoRA within the interval):", ""]
-    for r in summary["rows"]:
-        if r["label"] != TEACHER_ROW:
-            lo, hi = r["shapes_eval_ci95"]
-            lines.append(f"- {r['label']}: {r['shapes_eval']['overall'] / teacher:.2f}x [{lo / teacher:.2f}, "
-                         f"{hi / teacher:.2f}]")
-    return lines
-
-
 def main() -> None:
     quiet_libraries()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -139,7 +136,9 @@ def main() -> None:
                                           f"`{SEED_1_START.relative_to(ROOT)}`) at {args.seed_1} iterations."
                                           if args.seed_1 is not None else " One training seed."),
              "", markdown_table(summary), "",
-             *target_lines(summary), "", *comparison_table(summary["comparisons"]), "",
+             "Against the targets (unified @1 >= 0.6x and @2 >= 0.9x the teacher's ShapesEval; @4 and @8 no worse "
+             "than the shipped LoRA within the interval):", "",
+             *teacher_ratio_lines(summary, TEACHER_ROW), "", *comparison_table(summary["comparisons"]), "",
              "Quick ShapesEval (120 prompts) against training time: `unified_dmd2_curves.png`.", "",
              f"Command: `python bench/unified_dmd2.py --steps {' '.join(map(str, args.steps))}"
              + (f" --seed-1 {args.seed_1}`" if args.seed_1 is not None else "`")]
