@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
+from hypersd.assets import UNIFIED_LORA
 from hypersd.core.intervals import paired_difference, seed_mean, verdict
 from hypersd.embedded.evaluator.evaluate import plot_metrics
 from hypersd.shapes.captions import parse_caption
@@ -16,6 +18,26 @@ from hypersd.train.run import Run
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS, RUNS = ROOT / "bench" / "results", ROOT / "bench" / "runs"
+PREVIOUS_UNIFIED_COMMIT = "fa96fb9"  # the last commit whose assets/ held make demo's unified LoRA (now DMD2's)
+
+
+def file_at_commit(path: Path, commit: str) -> Path:
+    """The file `path` (inside the repository) as `commit` held it, read from git once into bench/runs/."""
+    out = RUNS / "from-git" / commit / path.resolve().relative_to(ROOT)
+    if not out.is_file():
+        blob = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:{path.resolve().relative_to(ROOT)}"],
+                              capture_output=True, check=True).stdout
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = out.with_suffix(".partial")
+        partial.write_bytes(blob)
+        partial.replace(out)  # a killed run leaves no half-written file behind
+    return out
+
+
+def previous_unified_lora() -> Path:
+    """The unified LoRA shipped until PREVIOUS_UNIFIED_COMMIT (make demo's recipe), which the benches written
+    before the DMD2 unified LoRA was shipped compare against as "unified (shipped)"."""
+    return file_at_commit(UNIFIED_LORA, PREVIOUS_UNIFIED_COMMIT)
 
 
 def train_or_reuse(recipe, model: Path, out: Path, init_lora: Path | None = None,

@@ -19,7 +19,6 @@ bench/runs/long/one-step-{feedback,control}-s{seed}.
 from __future__ import annotations
 
 import argparse
-import subprocess
 from pathlib import Path
 
 from common import (  # bench/common.py
@@ -29,6 +28,7 @@ from common import (  # bench/common.py
     across_seeds,
     compare_rows,
     comparison_table,
+    file_at_commit,
     teacher_ratio_lines,
     train_or_reuse,
     write_results,
@@ -54,21 +54,13 @@ COMPARED = [("feedback", "control"), ("feedback-strong", "control"), ("feedback-
             ("feedback", None), ("feedback-strong", None), ("control", None)]  # None: the start
 SHIPPED_ROW = "start (the one-step model shipped until 436e4f1)"
 START_COMMIT = "436e4f1"  # the last commit that shipped the start (assets/ now holds the control's seed 1)
-START = RUNS / f"one-step-unet-{START_COMMIT}.safetensors"
 TEACHER_ROW = "teacher DDIM @50"
 ONE_STEP = SampleSettings(steps=1, scheduler="lcm", guidance=0.0, timesteps=[800])
 
 
 def start_model() -> Path:
     """The one-step UNet every run starts from: the file assets/ shipped at START_COMMIT, read from git."""
-    if not START.is_file():
-        blob = subprocess.run(["git", "-C", str(ROOT), "show", f"{START_COMMIT}:{ONE_STEP_MODEL.relative_to(ROOT)}"],
-                              capture_output=True, check=True).stdout
-        START.parent.mkdir(parents=True, exist_ok=True)
-        partial = START.with_suffix(".partial")
-        partial.write_bytes(blob)
-        partial.replace(START)  # a killed run leaves no half-written start behind
-    return START
+    return file_at_commit(ONE_STEP_MODEL, START_COMMIT)
 
 
 def run_dir(name: str, seed: int) -> Path:

@@ -8,7 +8,7 @@ evaluator in one run, so that every pair of rows is a paired comparison (same pr
 - the same regression alone with a full-UNet generator (dmd.generator: unet): the shipped one-step
   model (its fp16 file), also decoded by a tiny VAE when assets/tiny-vae holds one; further full-UNet
   rows (--unet-row: a UNet file, a full-UNet checkpoint's generator.safetensors or a pipeline folder);
-- the unified LoRA at 1, 2, 4 and 8 steps: the shipped one against it continued with the regression
+- the unified LoRA at 1, 2, 4 and 8 steps: the one shipped until fa96fb9 (read from git) against it continued with the regression
   loss at its one-step jump (configs/unified-regression.yaml), and against a second training seed of its
   recipe (bench/runs/long/unified-demo-s1, when trained);
 - the teacher at 50 guided steps; ratios to it against the issue's targets (one-step model: ShapesEval
@@ -27,10 +27,17 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from common import RESULTS, RUNS, compare_rows, comparison_table, write_results  # bench/common.py
+from common import (  # bench/common.py
+    RESULTS,
+    RUNS,
+    compare_rows,
+    comparison_table,
+    previous_unified_lora,
+    write_results,
+)
 from dmd2 import plot_curves  # bench/dmd2.py
 
-from hypersd.assets import EVALUATOR, ONE_STEP_MODEL, TEACHER, TEACHER_GUIDANCE, TINY_VAE, UNIFIED_LORA
+from hypersd.assets import EVALUATOR, ONE_STEP_MODEL, TEACHER, TEACHER_GUIDANCE, TINY_VAE
 from hypersd.embedded.evaluator.evaluate import Row, evaluate, markdown_table
 from hypersd.embedded.rows import metadata_settings
 from hypersd.inference.settings import SampleSettings
@@ -61,7 +68,7 @@ SEED_PAIRS = [  # the headline one-step comparison (DMD2 + regression over the r
     ("DMD2 + regression from the regression UNet, 350 it, seed 1", "regression alone, full UNet, 1500 it, seed 1"),
 ]
 UNIFIED_SEED_1 = "unified, make demo's recipe, seed 1"  # configs/demo-hyper.yaml with training.seed=1 (fp32)
-UNIFIED = {"unified (shipped)": UNIFIED_LORA,
+UNIFIED = {"unified (shipped)": previous_unified_lora(),
            "unified + regression, 400 it": LONG / "unified-regression-s0" / "loras" / "dmd-unified.safetensors",
            UNIFIED_SEED_1: LONG / "unified-demo-s1" / "loras" / "dmd-unified.safetensors"}
 CURVES = ["dmd2-one-step-base-s0", "dmd2-one-step-tscd-s0", "one-step-regression-s0", "one-step-regression-unet-s0",
@@ -73,7 +80,7 @@ TARGETS = {"shapes_eval": 0.85, "fd": 1.1}
 def shipped_timesteps(steps: int) -> list[int] | None:
     """The timesteps the shipped unified LoRA's metadata names at `steps`: every unified row samples there,
     so that the unified rows compare at the same schedule (bench/unified_schedule.py chose it)."""
-    return metadata_settings(UNIFIED_LORA, steps).timesteps
+    return metadata_settings(previous_unified_lora(), steps).timesteps
 
 
 def snapshot(run: str, step: int) -> Path:

@@ -1,6 +1,7 @@
 """The unified LoRA trained with DMD2 and backward simulation (issue 14; DMD2 sec. 4.5): the run of
 configs/dmd2-unified.yaml from TSCD's k1 LoRA, scored at 1, 2, 4 and 8 steps on the full evaluator
-against the LoRA it starts from and against the shipped unified LoRA (make demo's recipe), paired.
+against the LoRA it starts from and against the unified LoRA shipped until commit fa96fb9 (make demo's
+recipe, read from git by common.previous_unified_lora; the "unified (shipped)" rows), paired.
 
 The run's generator reads pure noise at t = 999 for one step, or the point its own 2- or 4-step
 sampler reaches from noise (no gradient), so it learns 1, 2 and 4 steps from its own trajectories; the
@@ -30,12 +31,13 @@ from common import (  # bench/common.py
     across_seeds,
     compare_rows,
     comparison_table,
+    previous_unified_lora,
     teacher_ratio_lines,
     write_results,
 )
 from dmd2 import plot_curves  # bench/dmd2.py
 
-from hypersd.assets import EVALUATOR, TEACHER, TEACHER_GUIDANCE, UNIFIED_LORA
+from hypersd.assets import EVALUATOR, TEACHER, TEACHER_GUIDANCE
 from hypersd.embedded.evaluator.evaluate import Row, evaluate, markdown_table
 from hypersd.embedded.rows import metadata_settings
 from hypersd.inference.settings import SampleSettings
@@ -60,12 +62,12 @@ def rows_for(steps: list[int]) -> tuple[list[Row], list[tuple]]:
     """The evaluated rows (the run's snapshots at `steps`, its start, the shipped LoRA) and the paired
     comparisons between them."""
     start, shipped = "TSCD k1 (its start)", "unified (shipped)"
-    shipped_ts = {n: metadata_settings(UNIFIED_LORA, n).timesteps for n in STEPS}
+    shipped_ts = {n: metadata_settings(previous_unified_lora(), n).timesteps for n in STEPS}
     rows = [Row(TEACHER_ROW, SampleSettings(steps=50, scheduler="ddim", guidance=TEACHER_GUIDANCE))]
     pairs = []
     for n in STEPS:
         rows += [Row(f"{start} @{n}", metadata_settings(START, n)),
-                 Row(f"{shipped} @{n}", metadata_settings(UNIFIED_LORA, n))]
+                 Row(f"{shipped} @{n}", metadata_settings(previous_unified_lora(), n))]
         for step in steps:
             new = f"DMD2 + backward simulation, {step} it"
             rows.append(Row(f"{new} @{n}", metadata_settings(snapshot(step), n)))
@@ -83,7 +85,7 @@ def seed_1_rows(step: int) -> tuple[list[Row], list[tuple]]:
     start, shipped = "TSCD k1 (its start), seed 1", "unified (shipped)"
     new, seed_0, pooled = (f"DMD2 + backward simulation, {step} it{suffix}"
                            for suffix in (", seed 1", "", ", seeds 0+1"))
-    shipped_ts = {n: metadata_settings(UNIFIED_LORA, n).timesteps for n in STEPS}
+    shipped_ts = {n: metadata_settings(previous_unified_lora(), n).timesteps for n in STEPS}
     rows, pairs = [], []
     for n in STEPS:
         lora = snapshot(step, SEED_1_RUN)
