@@ -87,3 +87,30 @@ def test_shipped_segmenter_reads_real_images_and_is_not_the_evaluator():
     segmenter = [v for v in load_file(SEGMENTER / "segmenter.safetensors").values() if v.ndim > 1]
     shared = [s for s in segmenter for e in evaluator if s.shape == e.shape and torch.allclose(s, e)]
     assert not shared  # no weight tensor of the evaluator reappears in the segmenter
+
+
+def test_shipped_unified_lora_is_fp16_names_its_timesteps_and_changes_plain_diffusers_images():
+    """assets/README.md: the unified LoRA is stored in fp16, its metadata samples 1, 2 and 4 steps at the
+    chosen timesteps, and plain diffusers loads it (peft keys) into the teacher, changing the images (one DDIM
+    step at trailing spacing, as its metadata says: leading spacing would start at timestep 0 and show nothing)."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from safetensors import safe_open
+
+    from hypersd.assets import UNIFIED_LORA
+    from hypersd.lora.files import inference_settings
+
+    with safe_open(str(UNIFIED_LORA), "pt") as f:
+        dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}
+    assert dtypes == {"F16"}, dtypes
+    assert inference_settings(UNIFIED_LORA)["step_timesteps"] == {"1": [700], "2": [900, 450], "4": [900, 675, 450, 225]}
+    pipe = StableDiffusionPipeline.from_pretrained(TEACHER)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
+
+    def one_step():
+        return pipe("a red circle", num_inference_steps=1, guidance_scale=0.0, output_type="np",
+                    generator=torch.Generator().manual_seed(0)).images[0]
+
+    plain = one_step()
+    pipe.load_lora_weights(str(UNIFIED_LORA))
+    assert np.abs(one_step() - plain).mean() > 0.02
