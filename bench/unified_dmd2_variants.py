@@ -19,7 +19,11 @@ variant with both changes, seed 0, replaced it.
       hypersd distill --recipe configs/dmd2-unified.yaml --set $2 $3 $4 --set stages.0.iterations=500 \\
           --init-lora bench/runs/long/tscd-s0/loras/tscd-k1.safetensors --out bench/runs/long/dmd2-unified-$1-s0
     done
-    python bench/unified_dmd2_variants.py --seed-1 gan05 g3 gan05-g3
+    python bench/unified_dmd2_variants.py --seed-1 gan05 g3 gan05-g3 --longer
+
+--longer adds both changes at 900 iterations, both seeds: a copy of each 500-iteration run folder
+(`...-gan05-g3-s<seed>-900`) whose recipe.yaml says `iterations: 900`, resumed with `hypersd distill --out
+RUN --resume` (the learning rate is constant, so this is the 900-iteration run).
 Writes bench/results/unified_dmd2_variants.{json,md,png}.
 """
 
@@ -55,8 +59,15 @@ VARIANTS = {"gan05": "DMD2 unified, GAN weight 0.05", "g3": "DMD2 unified, real-
             "gan05-g3": "DMD2 unified, GAN weight 0.05 + guidance 3"}
 
 
+LONGER_KEY, LONGER = "gan05-g3", 900  # --longer: this variant continued to LONGER iterations, both seeds
+
+
 def variant_run(key: str, seed: int = 0) -> Path:
     return LONG / f"dmd2-unified-{key}-s{seed}"
+
+
+def longer_run(seed: int) -> Path:
+    return LONG / f"dmd2-unified-{LONGER_KEY}-s{seed}-{LONGER}"
 
 
 def at_shipped_timesteps(lora: Path, n: int) -> SampleSettings:
@@ -66,9 +77,10 @@ def at_shipped_timesteps(lora: Path, n: int) -> SampleSettings:
     return own if timesteps is None else replace(own, timesteps=timesteps)
 
 
-def rows_and_pairs(seed_1: list[str]) -> tuple[list[Row], list[tuple]]:
+def rows_and_pairs(seed_1: list[str], longer: bool = False) -> tuple[list[Row], list[tuple]]:
     """Rows: teacher, shipped, the baseline recipe and each variant (seed 1 too where asked) at 1, 2, 4 and
-    8 steps; pairs: each variant against the baseline and the shipped LoRA, per seed and pooled."""
+    8 steps; pairs: each variant against the baseline and the shipped LoRA, per seed and pooled. `longer`:
+    also LONGER_KEY at LONGER iterations (both seeds), pooled against itself at 500 and the shipped LoRA."""
     rows = [Row(TEACHER_ROW, SampleSettings(steps=50, scheduler="ddim", guidance=TEACHER_GUIDANCE))]
     pairs = []
     for n in STEPS:
@@ -88,6 +100,15 @@ def rows_and_pairs(seed_1: list[str]) -> tuple[list[Row], list[tuple]]:
                           across_seeds(list(zip(ours, [f"{SHIPPED} @{n}"] * 2)), pooled, f"{SHIPPED} @{n}"),
                           across_seeds(list(zip(ours, [f"{BASELINE} @{n}", f"{BASELINE}, seed 1 @{n}"])),
                                        pooled, f"{BASELINE}, seeds 0+1 @{n}")]
+        if longer:
+            name = f"{VARIANTS[LONGER_KEY]}, {LONGER} it"
+            ours = [f"{name} @{n}", f"{name}, seed 1 @{n}"]
+            rows += [Row(label, at_shipped_timesteps(snapshot(LONGER, longer_run(seed)), n))
+                     for seed, label in enumerate(ours)]
+            short = [f"{VARIANTS[LONGER_KEY]} @{n}", f"{VARIANTS[LONGER_KEY]}, seed 1 @{n}"]
+            pairs += [across_seeds(list(zip(ours, [f"{SHIPPED} @{n}"] * 2)), f"{name}, seeds 0+1 @{n}", f"{SHIPPED} @{n}"),
+                      across_seeds(list(zip(ours, short)), f"{name}, seeds 0+1 @{n}",
+                                   f"{VARIANTS[LONGER_KEY]}, seeds 0+1 @{n}")]
     return rows, pairs
 
 
@@ -98,26 +119,37 @@ def main() -> None:
                         help="also these variants' seed-1 runs, pooled with seed 0's")
     parser.add_argument("--prompts", type=int, default=600)
     parser.add_argument("--n-real", type=int, default=2000)
+    parser.add_argument("--longer", action="store_true", help=f"also {LONGER_KEY} at {LONGER} iterations, both "
+                        "seeds (needs --seed-1 with it)")
     args = parser.parse_args()
+    if args.longer and LONGER_KEY not in args.seed_1:
+        raise SystemExit(f"--longer pairs {LONGER_KEY} at {LONGER} with both its seeds at {ITERATIONS}: add --seed-1 {LONGER_KEY}")
     runs = [BASELINE_RUN, *map(variant_run, VARIANTS)]
     if args.seed_1:
         runs += [SEED_1_RUN, *(variant_run(key, 1) for key in args.seed_1)]
-    missing = [str(p) for p in (snapshot(ITERATIONS, run) for run in runs) if not p.is_file()]
+    snapshots = [snapshot(ITERATIONS, run) for run in runs]
+    if args.longer:
+        snapshots += [snapshot(LONGER, longer_run(seed)) for seed in (0, 1)]
+    missing = [str(p) for p in snapshots if not p.is_file()]
     if missing:
         raise SystemExit(f"missing {missing[0]}: train it first (commands in this script's docstring)")
-    rows, pairs = rows_and_pairs(args.seed_1)
+    rows, pairs = rows_and_pairs(args.seed_1, args.longer)
     prompts = standard_prompts()[: args.prompts]
     summary = evaluate(TEACHER, rows, prompts, EVALUATOR, RUNS / "unified-dmd2-variants", n_real=args.n_real)
     summary["comparisons"] = compare_rows(summary, prompts, pairs)
-    summary["runs"] = {str(run.relative_to(ROOT)): str(snapshot(ITERATIONS, run).relative_to(ROOT)) for run in runs}
+    summary["snapshots"] = [str(p.relative_to(ROOT)) for p in snapshots]
     lines = ["# DMD2 unified LoRA: variants for a lower FD", "",
              f"{len(prompts)} ShapesEval prompts (± half-width of the 95% bootstrap interval), FD against "
              f"{args.n_real} real renders (± sd over 5 resamples). Every DMD2 row is configs/dmd2-unified.yaml at "
-             f"{ITERATIONS} iterations from TSCD's k1 LoRA (seed 0 unless it says seed 1) with one key changed, "
-             "sampled at the shipped unified LoRA's timesteps (8 steps: trailing TCD).", "",
+             f"{ITERATIONS} iterations (unless it says otherwise) from TSCD's k1 LoRA (seed 0 unless it says seed 1) with "
+             "keys changed, "
+             "sampled at the shipped unified LoRA's timesteps (8 steps: trailing TCD). \"Shipped until fa96fb9\" is "
+             f"make demo's unified LoRA, read from git; `{VARIANTS['gan05-g3']}` (seed 0, {ITERATIONS} it) replaced it in "
+             "assets/ (fp16; bench/results/fp16-unified-dmd2.md).", "",
              markdown_table(summary), "", "Ratios to the teacher's 50 guided steps:", "",
              *teacher_ratio_lines(summary, TEACHER_ROW), "", *comparison_table(summary["comparisons"]), "",
-             "Command: `python bench/unified_dmd2_variants.py" + (f" --seed-1 {' '.join(args.seed_1)}`" if args.seed_1 else "`")]
+             "Command: `python bench/unified_dmd2_variants.py" + (f" --seed-1 {' '.join(args.seed_1)}" if args.seed_1 else "")
+             + (" --longer`" if args.longer else "`")]
     write_results("unified_dmd2_variants", summary, "\n".join(lines) + "\n")
 
 
