@@ -22,8 +22,8 @@ variant with both changes, seed 0, replaced it.
     python bench/unified_dmd2_variants.py --seed-1 gan05 g3 gan05-g3 --longer
 
 --longer adds both changes at 900 iterations, both seeds: a copy of each 500-iteration run folder
-(`...-gan05-g3-s<seed>-900`) whose recipe.yaml says `iterations: 900`, resumed with `hypersd distill --out
-RUN --resume` (the learning rate is constant, so this is the 900-iteration run).
+(`...-gan05-g3-s<seed>-900`) trained on with `hypersd distill --out COPY --resume --extend-to 900` (the runs
+here had `iterations: 900` written into the copy's recipe.yaml by hand, which is what --extend-to does).
 Writes bench/results/unified_dmd2_variants.{json,md,png}.
 """
 

@@ -114,6 +114,29 @@ def test_resume_without_recipe_uses_the_runs_own_and_refuses_another(tiny_pipeli
     assert metrics["k2"]["steps"] == 4 and metrics["k1"]["steps"] == 4  # whole stages, not the steps since resume
 
 
+def test_extend_to_trains_a_finished_run_on_to_the_lora_of_a_run_that_long_from_the_start(
+        tiny_pipeline_dir, recipe_file, tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    base = ["distill", "--model", str(tiny_pipeline_dir), "--out", str(run)]
+    Run(load_recipe(recipe_file), tiny_pipeline_dir, run).train()  # finished: k1 ran its 4 iterations
+    four = final_lora(run)
+    capsys.readouterr()
+    code, err = run_cli([*base, "--extend-to", "6"], capsys, monkeypatch)
+    assert code == 2 and "pass --resume" in err and err.count("\n") == 1
+    code, err = run_cli([*base, "--resume", "--extend-to", "3"], capsys, monkeypatch)
+    assert code == 2 and "shorter than the run's last stage (4 iterations)" in err
+    code, err = run_cli([*base, "--resume", "--extend-to", "6"], capsys, monkeypatch)
+    assert code == 0, err
+    assert load_recipe(run / "recipe.yaml").stages[1].iterations == 6
+    longer = tmp_path / "longer.yaml"
+    longer.write_text(RECIPE.replace("{segments: 1, iterations: 4,", "{segments: 1, iterations: 6,"))
+    Run(load_recipe(longer), tiny_pipeline_dir, tmp_path / "whole").train()
+    a, b = final_lora(tmp_path / "whole"), final_lora(run)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], four[k]) for k in a)  # it did train on
+    assert json.loads((run / "metrics.json").read_text())["stages"]["k1"]["steps"] == 6
+
+
 def test_resume_with_nothing_to_resume_writes_nothing(tiny_pipeline_dir, tmp_path, capsys, monkeypatch):
     code, err = run_cli(["distill", "--model", str(tiny_pipeline_dir), "--out", str(tmp_path / "run"), "--resume"],
                         capsys, monkeypatch)

@@ -22,6 +22,8 @@ def distill(recipe: Optional[Path] = typer.Option(None, help="YAML recipe (defau
             set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a recipe key: KEY=VALUE, "
                                                      "e.g. stages.0.iterations=100; repeatable."),
             resume: bool = typer.Option(False, help="Continue from the run folder's latest checkpoint."),
+            extend_to: Optional[int] = typer.Option(None, help="With --resume: train the run's last stage on to this "
+                                                     "many iterations (a finished run too); recorded in recipe.yaml."),
             init_lora: Optional[Path] = typer.Option(None, help="Start the student from this LoRA file "
                                                       "(run a later phase alone, e.g. feedback on a TSCD LoRA)."),
             init_unet: Optional[Path] = typer.Option(None, help="Start a full-UNet generator (dmd.generator: unet) "
@@ -46,6 +48,8 @@ def distill(recipe: Optional[Path] = typer.Option(None, help="YAML recipe (defau
                                     f"differs at {difference}: drop --recipe/--set or choose another --out")
     else:
         resolved = load_recipe(recipe, overrides)
+    if extend_to is not None:
+        resolved = extended(resolved, extend_to, resume and stored.is_file())
     if dry_run:
         typer.echo(resolved.to_yaml().rstrip())
         return
@@ -91,6 +95,18 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="Report folder."),
     report = run_demo(out, n_prompts=n_prompts, n_real=n_real, recipe=recipe if distill else None,
                       recipe_overrides=set_, log=typer.echo)
     typer.echo(f"report: {report}")
+
+
+def extended(recipe, iterations: int, resuming: bool):
+    """The run's own recipe with its last stage lengthened to `iterations` (--extend-to). The stages keep a
+    constant learning rate, so the extended run equals one trained to that length from the start."""
+    from dataclasses import replace
+
+    require(resuming, "--extend-to lengthens an existing run: pass --resume and the run's --out")
+    last = recipe.stages[-1]
+    require(iterations >= last.iterations, f"--extend-to {iterations} is shorter than the run's last stage "
+                                           f"({last.iterations} iterations)")
+    return replace(recipe, stages=[*recipe.stages[:-1], replace(last, iterations=iterations)])
 
 
 def first_difference(a, b, where: str = "") -> str | None:
