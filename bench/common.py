@@ -122,6 +122,33 @@ def teacher_ratio_lines(summary: dict, teacher_label: str, keep=lambda label: Tr
     return lines
 
 
+def shapes_eval_bars(rows: list[dict], labels: list[str], colors: list[str], teacher: float, title: str, path: Path,
+                     figsize=(8, 4.2), target: float | None = None) -> None:
+    """A bar per row: its ShapesEval with the 95% interval as whiskers; the teacher's 50 steps as a dashed line
+    and, with `target` (a multiple of the teacher's), the target as a dotted one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = [r["shapes_eval"]["overall"] for r in rows]
+    errors = [[v - r["shapes_eval_ci95"][0] for v, r in zip(values, rows)],
+              [r["shapes_eval_ci95"][1] - v for v, r in zip(values, rows)]]
+    fig, ax = plt.subplots(figsize=figsize)
+    ax.bar(range(len(rows)), values, yerr=errors, capsize=6, color=colors)
+    ax.axhline(teacher, color="tab:blue", linestyle="--", label=f"teacher DDIM @50 ({teacher:.3f})")
+    if target is not None:
+        ax.axhline(target * teacher, color="tab:red", linestyle=":", label=f"target {target}x ({target * teacher:.3f})")
+    ax.set_xticks(range(len(rows)), labels, fontsize=8)
+    ax.set_ylabel("ShapesEval (95% interval)")
+    ax.set_title(title)
+    ax.set_ylim(0, teacher * 1.2)
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def comparison_table(comparisons: list[dict]) -> list[str]:
     """Markdown lines: a, b, a - b, its 95% interval and the verdict (an interval holding 0 is a tie)."""
     lines = ["Paired comparisons (ShapesEval a - b over the same prompts and seeds, 95% bootstrap interval; "

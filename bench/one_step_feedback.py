@@ -29,6 +29,7 @@ from common import (  # bench/common.py
     compare_rows,
     comparison_table,
     file_at_commit,
+    shapes_eval_bars,
     teacher_ratio_lines,
     train_or_reuse,
     write_results,
@@ -137,30 +138,13 @@ def short_label(row_label: str) -> str:
 def plot_bars(summary: dict, path: Path) -> None:
     """ShapesEval of the start and of each run's final model with its 95% interval, the teacher's 50 steps
     and the 0.85x target as lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     final = f", {summary['iterations']} it,"
     rows = [r for r in summary["rows"] if r["label"] == SHIPPED_ROW or final in r["label"]]
     teacher = next(r for r in summary["rows"] if r["label"] == TEACHER_ROW)["shapes_eval"]["overall"]
-    values = [r["shapes_eval"]["overall"] for r in rows]
-    errors = [[v - r["shapes_eval_ci95"][0] for v, r in zip(values, rows)],
-              [r["shapes_eval_ci95"][1] - v for v, r in zip(values, rows)]]
     colors = ["tab:orange" if "feedback" in r["label"] else "tab:gray" for r in rows]
-    fig, ax = plt.subplots(figsize=(8, 4.2))
-    ax.bar(range(len(rows)), values, yerr=errors, capsize=6, color=colors)
-    ax.axhline(teacher, color="tab:blue", linestyle="--", label=f"teacher DDIM @50 ({teacher:.3f})")
-    ax.axhline(0.85 * teacher, color="tab:red", linestyle=":", label=f"target 0.85x ({0.85 * teacher:.3f})")
-    ax.set_xticks(range(len(rows)), [short_label(r["label"]) for r in rows], fontsize=8)
-    ax.set_ylabel("ShapesEval (95% interval)")
-    ax.set_title(f"The one-step model continued {summary['iterations']} iterations, with and without feedback")
-    ax.set_ylim(0, teacher * 1.2)
-    ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    shapes_eval_bars(rows, [short_label(r["label"]) for r in rows], colors, teacher,
+                     f"The one-step model continued {summary['iterations']} iterations, with and without feedback",
+                     path, target=0.85)
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ from common import (  # bench/common.py
     across_seeds,
     compare_rows,
     comparison_table,
+    shapes_eval_bars,
     train_or_reuse,
     write_results,
 )
@@ -84,30 +85,13 @@ def pairs() -> list[tuple]:
 
 def plot_bars(summary: dict, path: Path) -> None:
     """ShapesEval of each one-step row with its 95% interval, grouped by seed, the teacher's 50 steps as a line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = [r for r in summary["rows"] if r["label"] != TEACHER_ROW]
     teacher = next(r for r in summary["rows"] if r["label"] == TEACHER_ROW)["shapes_eval"]["overall"]
     rows.sort(key=lambda r: (r["label"].split("seed ")[-1], r["label"]))
-    values = [r["shapes_eval"]["overall"] for r in rows]
-    errors = [[v - r["shapes_eval_ci95"][0] for v, r in zip(values, rows)],
-              [r["shapes_eval_ci95"][1] - v for v, r in zip(values, rows)]]
     colors = ["tab:orange" if r["label"].startswith("TSCD") else "tab:gray" for r in rows]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.bar(range(len(rows)), values, yerr=errors, capsize=6, color=colors)
-    ax.axhline(teacher, color="tab:blue", linestyle="--", label=f"teacher DDIM @50 ({teacher:.3f})")
-    ax.set_xticks(range(len(rows)), [r["label"].replace(" (from the base)", "").replace(", seed", "\nseed")
-                                     for r in rows], fontsize=8)
-    ax.set_ylabel("ShapesEval (95% interval)")
-    ax.set_title("One step: TSCD + DMD2 vs DMD2 alone, two training seeds")
-    ax.set_ylim(0, teacher * 1.2)
-    ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    labels = [r["label"].replace(" (from the base)", "").replace(", seed", "\nseed") for r in rows]
+    shapes_eval_bars(rows, labels, colors, teacher, "One step: TSCD + DMD2 vs DMD2 alone, two training seeds", path,
+                     figsize=(7, 4))
 
 
 def main() -> None:

@@ -58,11 +58,21 @@ def snapshot(step: int, run: Path = RUN) -> Path:
     return run / "snapshots" / f"unified-{step:07d}.safetensors"
 
 
+def shipped_timesteps(n: int) -> list[int] | None:
+    """The timesteps the unified LoRA shipped until fa96fb9 names for n steps (None: trailing spacing)."""
+    return metadata_settings(previous_unified_lora(), n).timesteps
+
+
+def at_shipped_timesteps(lora: Path, n: int) -> SampleSettings:
+    """The LoRA at n steps at shipped_timesteps(n) (its own metadata's where that is None)."""
+    own = metadata_settings(lora, n)
+    return own if shipped_timesteps(n) is None else replace(own, timesteps=shipped_timesteps(n))
+
+
 def rows_for(steps: list[int]) -> tuple[list[Row], list[tuple]]:
     """The evaluated rows (the run's snapshots at `steps`, its start, the shipped LoRA) and the paired
     comparisons between them."""
     start, shipped = "TSCD k1 (its start)", "unified (shipped)"
-    shipped_ts = {n: metadata_settings(previous_unified_lora(), n).timesteps for n in STEPS}
     rows = [Row(TEACHER_ROW, SampleSettings(steps=50, scheduler="ddim", guidance=TEACHER_GUIDANCE))]
     pairs = []
     for n in STEPS:
@@ -72,9 +82,9 @@ def rows_for(steps: list[int]) -> tuple[list[Row], list[tuple]]:
             new = f"DMD2 + backward simulation, {step} it"
             rows.append(Row(f"{new} @{n}", metadata_settings(snapshot(step), n)))
             pairs += [(f"{new} @{n}", f"{start} @{n}"), (f"{new} @{n}", f"{shipped} @{n}")]
-            if shipped_ts[n] is not None:
+            if shipped_timesteps(n) is not None:
                 at = f"{new} @{n}, shipped timesteps"
-                rows.append(Row(at, replace(metadata_settings(snapshot(step), n), timesteps=shipped_ts[n])))
+                rows.append(Row(at, at_shipped_timesteps(snapshot(step), n)))
                 pairs.append((at, f"{shipped} @{n}"))
     return rows, pairs
 
@@ -85,7 +95,6 @@ def seed_1_rows(step: int) -> tuple[list[Row], list[tuple]]:
     start, shipped = "TSCD k1 (its start), seed 1", "unified (shipped)"
     new, seed_0, pooled = (f"DMD2 + backward simulation, {step} it{suffix}"
                            for suffix in (", seed 1", "", ", seeds 0+1"))
-    shipped_ts = {n: metadata_settings(previous_unified_lora(), n).timesteps for n in STEPS}
     rows, pairs = [], []
     for n in STEPS:
         lora = snapshot(step, SEED_1_RUN)
@@ -94,9 +103,9 @@ def seed_1_rows(step: int) -> tuple[list[Row], list[tuple]]:
         pairs += [(f"{new} @{n}", f"{start} @{n}"), (f"{new} @{n}", f"{shipped} @{n}"),
                   across_seeds([(f"{seed_0} @{n}", f"{shipped} @{n}"), (f"{new} @{n}", f"{shipped} @{n}")],
                                f"{pooled} @{n}", f"{shipped} @{n}")]
-        if shipped_ts[n] is not None:
+        if shipped_timesteps(n) is not None:
             at = f"{new} @{n}, shipped timesteps"
-            rows.append(Row(at, replace(metadata_settings(lora, n), timesteps=shipped_ts[n])))
+            rows.append(Row(at, at_shipped_timesteps(lora, n)))
             pairs += [(at, f"{shipped} @{n}"),
                       across_seeds([(f"{seed_0} @{n}, shipped timesteps", f"{shipped} @{n}"),
                                     (at, f"{shipped} @{n}")], f"{pooled} @{n}, shipped timesteps", f"{shipped} @{n}")]

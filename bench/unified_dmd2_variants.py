@@ -6,7 +6,7 @@ from 0.69 to 3.5) while that term weighs 5e-3 against a DMD loss near 0.5. Each 
 
 - GAN weight 0.05 (10x): the generator hears the head on real renders (DMD2 sec. 4.3);
 - real-score guidance 3 (was 5): the distribution the generator matches is less saturated;
-- both.
+- both (the only one that lowers the FD on both seeds at every step count; each alone does on seed 0).
 
 Every run starts from TSCD's k1 LoRA, 500 iterations, seed 0 (`--seed-1 VARIANT`: that variant's seed-1
 run too, from tscd-s1's k1, pooled with seed 0's per prompt; several may be named). All rows sample at the timesteps the shipped
@@ -30,7 +30,6 @@ Writes bench/results/unified_dmd2_variants.{json,md,png}.
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 from pathlib import Path
 
 from common import (  # bench/common.py
@@ -43,7 +42,7 @@ from common import (  # bench/common.py
     teacher_ratio_lines,
     write_results,
 )
-from unified_dmd2 import LONG, SEED_1_RUN, STEPS, TEACHER_ROW, snapshot  # bench/unified_dmd2.py
+from unified_dmd2 import LONG, SEED_1_RUN, STEPS, TEACHER_ROW, at_shipped_timesteps, snapshot  # bench/unified_dmd2.py
 from unified_dmd2 import RUN as BASELINE_RUN
 
 from hypersd.assets import EVALUATOR, TEACHER, TEACHER_GUIDANCE
@@ -68,13 +67,6 @@ def variant_run(key: str, seed: int = 0) -> Path:
 
 def longer_run(seed: int) -> Path:
     return LONG / f"dmd2-unified-{LONGER_KEY}-s{seed}-{LONGER}"
-
-
-def at_shipped_timesteps(lora: Path, n: int) -> SampleSettings:
-    """The LoRA at n steps with the shipped unified LoRA's timesteps for n (its own metadata's if none)."""
-    timesteps = metadata_settings(previous_unified_lora(), n).timesteps
-    own = metadata_settings(lora, n)
-    return own if timesteps is None else replace(own, timesteps=timesteps)
 
 
 def rows_and_pairs(seed_1: list[str], longer: bool = False) -> tuple[list[Row], list[tuple]]:
