@@ -42,6 +42,11 @@ def label(steps: int, timesteps: list[int] | None, chosen: bool = False) -> str:
     return f"chosen @{steps} ({named})" if chosen else f"{named} @{steps}"
 
 
+def metadata_label(steps: int, timesteps: list[int]) -> str:
+    """'in the metadata @2 (900,450)': the timesteps the LoRA's metadata names now, when the choice differs."""
+    return f"in the metadata @{steps} ({','.join(map(str, timesteps))})"
+
+
 def candidates(steps: int) -> list[list[int] | None]:
     """The timesteps tried at `steps`, trailing spacing as None (the LoRA's own default)."""
     return [None] + CANDIDATES[steps][1:]
@@ -68,6 +73,7 @@ def main() -> None:
     parser.add_argument("--name", default="unified_schedule", help="results file stem in bench/results (another "
                         "LoRA than the shipped one gets its own)")
     args = parser.parse_args()
+    named = {n: metadata_settings(args.lora, n).timesteps for n in CANDIDATES}  # what the metadata names now
     at = {n: replace(metadata_settings(args.lora, n), timesteps=None) for n in TEST_STEPS}  # trailing spacing
 
     dev_rows = [Row(label(n, ts), replace(at[n], timesteps=ts)) for n in CANDIDATES for ts in candidates(n)]
@@ -79,11 +85,15 @@ def main() -> None:
 
     test_rows = [Row(label(n, None), at[n]) for n in TEST_STEPS]
     test_rows += [Row(label(n, ts, True), replace(at[n], timesteps=ts)) for n, ts in chosen.items() if ts]
+    renamed = {n: ts for n, ts in named.items() if ts and ts != chosen[n]}  # the metadata's, where the choice differs
+    test_rows += [Row(metadata_label(n, ts), replace(at[n], timesteps=ts)) for n, ts in renamed.items()]
     prompts = standard_prompts()[: args.prompts]
     test = evaluate(TEACHER, test_rows, prompts, EVALUATOR, RUNS / "unified-schedule", n_real=args.n_real,
                     psnr_reference=False)
     test["comparisons"] = compare_rows(test, prompts, [(label(n, ts, True), label(n, None))
-                                                       for n, ts in chosen.items() if ts])
+                                                       for n, ts in chosen.items() if ts]
+                                       + [(label(n, chosen[n], True) if chosen[n] else label(n, None),
+                                           metadata_label(n, ts)) for n, ts in renamed.items()])
     test["held_out"] = {"prompts": len(dev_prompts), "prompt_seed": STANDARD_SEED + 1, "noise_seed": DEV_NOISE_SEED,
                         "rows": dev["rows"]}
     test["chosen"] = {str(n): ts for n, ts in chosen.items()}
@@ -98,7 +108,8 @@ def main() -> None:
              f"LoRA `{lora}`, TCD at its eta, no guidance. Candidates scored on {len(dev_prompts)} held-out prompts "
              f"(prompt seed {STANDARD_SEED + 1}, noise seeds from {DEV_NOISE_SEED}); the best at each step count "
              f"(`trailing` = the default spacing) is then compared with trailing spacing on the {len(prompts)} "
-             "standard prompts, paired. Ratios: against the teacher @50 on the same prompts and seeds "
+             "standard prompts, paired (and with the timesteps the LoRA's metadata names now, where they differ). "
+             "Ratios: against the teacher @50 on the same prompts and seeds "
              f"({TEACHER_AT_50}, bench/results/one_step_table.md).", "",
              "## Held-out prompts (choosing)", "", *dev_table, "",
              "## Standard prompts (checking)", "", markdown_table(test), "",
