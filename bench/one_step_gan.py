@@ -13,6 +13,9 @@ averaging a regression onto the teacher's deterministic pairs favours).
     hypersd data pairs --model assets/tiny-sd --n 6000 --steps 16 --out runs/pairs/teacher-ddim16.safetensors
     python bench/one_step_gan.py                                     # trains what is missing, then evaluates
     python bench/one_step_gan.py --train-only --run gan05-g3 --seeds 1   # one run (a one-thread share)
+    cp -r bench/runs/long/one-step-r4-gan05-g3-s0 bench/runs/long/one-step-r4-gan05-g3-s0-600   # and s1
+    hypersd distill --out bench/runs/long/one-step-r4-gan05-g3-s0-600 --resume --extend-to 600
+    python bench/one_step_gan.py --longer     # adds GAN 0.05 + guidance 3 at 400-600 iterations, both seeds
 Writes bench/results/one_step_gan.{json,md,png} and one_step_gan_steps.png; runs go to
 bench/runs/long/one-step-r4-{name}-s{seed}.
 """
@@ -54,7 +57,7 @@ RUNS_BY_NAME = {  # name -> (row label, recipe overrides)
     "gan05-g3": ("+ DMD2 + regression, GAN 0.05, guidance 3",
                  [*CONTROL, "stages.0.dmd.gan_weight=0.05", "stages.0.dmd.guidance=3.0"]),
 }
-for lr in ("6e-5", "2e-4"):  # the generator's learning rate (2e-5 in the recipe; 300 iterations move 0.8% of the weights)
+for lr in ("6e-5", "2e-4"):  # the generator's learning rate (the recipe's 2e-5 moves the weights 0.8% in 300 it)
     RUNS_BY_NAME[f"gan05-g3-lr{lr}"] = (f"{RUNS_BY_NAME['gan05-g3'][0]}, lr {lr}",
                                         [*RUNS_BY_NAME["gan05-g3"][1], f"stages.0.learning_rate={lr}"])
 RUNS_BY_NAME["gan05-g3-lr6e-5-reg01"] = (f"{RUNS_BY_NAME['gan05-g3-lr6e-5'][0]}, regression 0.1",
@@ -67,6 +70,7 @@ COLORS = {"control": "tab:gray", "gan05-g3": "tab:orange", "gan05-g3-lr6e-5": "t
 COMPARED = [("gan05-g3", "control"), ("gan05-g3-lr6e-5", "gan05-g3"), ("gan05-g3-lr2e-4", "gan05-g3"),
             ("gan05-g3-lr2e-4", "gan05-g3-lr6e-5"), ("gan05-g3-lr6e-5-reg01", "gan05-g3-lr6e-5"),
             *((name, None) for name in RUNS_BY_NAME)]  # None: the start
+LONGER_KEY, LONGER = "gan05-g3", 600  # --longer: this run continued to LONGER iterations, both seeds
 START_COMMIT = "9b3cc2b"  # assets/ held the one-step model of bench/one_step_feedback.py's control, seed 1
 START_ROW = f"start (the one-step model shipped at {START_COMMIT})"
 
@@ -83,11 +87,18 @@ def recipe(name: str, seed: int):
     return load_recipe(RECIPE, [*RUNS_BY_NAME[name][1], f"training.seed={seed}"])
 
 
+def longer_dir(seed: int) -> Path:
+    """--longer: a copy of the LONGER_KEY run trained on to LONGER iterations (hypersd distill --extend-to)."""
+    return LONG / f"one-step-r4-{LONGER_KEY}-s{seed}-{LONGER}"
+
+
 def generator_at(name: str, seed: int, step: int, iterations: int) -> Path:
-    """The generator at `step`: its snapshot, or at the end the last checkpoint's weights."""
-    if step == iterations:
-        return run_dir(name, seed) / "checkpoints" / f"s00-{iterations:07d}" / "generator.safetensors"
-    return snapshot_unet(run_dir(name, seed), "one-step-t800", step)
+    """The generator at `step`: its snapshot, or at the end the last checkpoint's weights; past `iterations`
+    (--longer), the extended copy's."""
+    folder = run_dir(name, seed) if step <= iterations else longer_dir(seed)
+    if step in (iterations, LONGER):
+        return folder / "checkpoints" / f"s00-{step:07d}" / "generator.safetensors"
+    return snapshot_unet(folder, "one-step-t800", step)
 
 
 def label(name: str, seed: int, iterations: int) -> str:
@@ -103,6 +114,17 @@ def pairs(seeds: list[int], iterations: int) -> list[tuple]:
             name_b = f"{RUNS_BY_NAME[b][0]}, seeds {'+'.join(map(str, seeds))}" if b else START_ROW
             pooled = across_seeds(per_seed, f"{RUNS_BY_NAME[a][0]}, seeds {'+'.join(map(str, seeds))}", name_b)
             out.append(pooled if b else (pooled[0], START_ROW))
+    return out
+
+
+def longer_pairs(seeds: list[int], iterations: int) -> list[tuple]:
+    """--longer: LONGER_KEY at LONGER iterations against itself at `iterations` and against the start."""
+    per_seed = [(label(LONGER_KEY, s, LONGER), label(LONGER_KEY, s, iterations)) for s in seeds]
+    name = f"{RUNS_BY_NAME[LONGER_KEY][0]}, seeds {'+'.join(map(str, seeds))}"
+    out = [*per_seed, *((a, START_ROW) for a, _ in per_seed)]
+    if len(seeds) > 1:
+        pooled = across_seeds(per_seed, f"{name}, {LONGER} it", f"{name}, {iterations} it")
+        out += [pooled, (pooled[0], START_ROW)]
     return out
 
 
@@ -128,7 +150,8 @@ def plot_steps(summary: dict, seeds: list[int], steps: list[int], path: Path) ->
         right.plot(xs, [r["fd"] for _, r in found], **style)
     teacher = rows[TEACHER_ROW]
     left.axhline(teacher["shapes_eval"]["overall"], color="black", linewidth=1, label="teacher @50")
-    left.axhline(0.85 * teacher["shapes_eval"]["overall"], color="black", linestyle=":", linewidth=1, label="0.85x target")
+    left.axhline(0.85 * teacher["shapes_eval"]["overall"], color="black", linestyle=":", linewidth=1,
+                 label="0.85x target")
     right.axhline(teacher["fd"], color="black", linewidth=1, label="teacher @50")
     right.axhline(1.1 * teacher["fd"], color="black", linestyle=":", linewidth=1, label="1.1x target")
     for ax, name in ((left, "ShapesEval (95% interval)"), (right, "FD (lower is better)")):
@@ -163,6 +186,8 @@ def main() -> None:
     parser.add_argument("--train-only", action="store_true")
     parser.add_argument("--prompts", type=int, default=600)
     parser.add_argument("--n-real", type=int, default=2000)
+    parser.add_argument("--longer", action="store_true", help=f"also {LONGER_KEY} at {LONGER} iterations (trained "
+                        "by hypersd distill --resume --extend-to on a copy of its run folder; see the docstring)")
     args = parser.parse_args()
     names = [args.run] if args.run else list(RUNS_BY_NAME)
     training = {f"{name}-s{seed}": train_or_reuse(recipe(name, seed), TEACHER, run_dir(name, seed),
@@ -181,17 +206,27 @@ def main() -> None:
     earlier = [Row(label(name, seed, step), ONE_STEP, unet=generator_at(name, seed, step, iterations))
                for seed in args.seeds for name in RUNS_BY_NAME for step in steps[:-1]]
     rows += final + [r for r in earlier if Path(r.unet).is_file()]
+    later = list(range(iterations + resolved.training.save_lora_every, LONGER + 1, resolved.training.save_lora_every))
+    if args.longer:
+        for seed in args.seeds:
+            if not generator_at(LONGER_KEY, seed, LONGER, iterations).is_file():
+                raise SystemExit(f"--longer: {longer_dir(seed)} has not reached {LONGER} iterations (docstring)")
+        rows += [Row(label(LONGER_KEY, seed, step), ONE_STEP, unet=generator_at(LONGER_KEY, seed, step, iterations))
+                 for seed in args.seeds for step in later]
     summary = evaluate(TEACHER, rows, prompts, EVALUATOR, RUNS / "one-step-gan", n_real=args.n_real)
     summary["iterations"], summary["seeds"] = iterations, args.seeds
     summary["training"] = {key: {"run": str(run_dir(*key.rsplit("-s", 1)[:1], int(key.rsplit("-s", 1)[1]))),
                                  "train_seconds": m["train_seconds"]} for key, m in training.items()}
-    summary["comparisons"] = compare_rows(summary, prompts, pairs(args.seeds, iterations))
+    compared = pairs(args.seeds, iterations) + (longer_pairs(args.seeds, iterations) if args.longer else [])
+    summary["comparisons"] = compare_rows(summary, prompts, compared)
     held_out = standard_prompts(args.prompts, seed=STANDARD_SEED + 1)  # a confirmation no choice was made on
+    final += [r for r in rows if f", {LONGER} it," in r.label]
     summary["held_out"] = evaluate(TEACHER, [rows[1], *final], held_out, EVALUATOR, RUNS / "one-step-gan-held-out",
                                    n_real=args.n_real, seed=DEV_NOISE_SEED, psnr_reference=False)
-    summary["held_out"]["comparisons"] = compare_rows(summary["held_out"], held_out, pairs(args.seeds, iterations))
+    summary["held_out"]["comparisons"] = compare_rows(summary["held_out"], held_out, compared)
     ratio_lines = teacher_ratio_lines(summary, TEACHER_ROW,
-                                      keep=lambda lb: lb == START_ROW or f", {iterations} it," in lb)
+                                      keep=lambda lb: lb == START_ROW or any(f", {n} it," in lb
+                                                                             for n in (iterations, LONGER)))
     lines = ["# The one-step model with a heavier GAN term and a lower real-score guidance", "",
              f"{len(prompts)} ShapesEval prompts (± half-width of the 95% bootstrap interval), FD against "
              f"{args.n_real} real renders (± sd over 5 resamples). Every one-step row: one LCM step at t = 800. Every "
@@ -209,10 +244,11 @@ def main() -> None:
               *comparison_table(summary["held_out"]["comparisons"]), "",
               "A two-seed row averages each prompt's passes over the seeds before the bootstrap "
               "(hypersd.core.intervals.seed_mean). ShapesEval and FD against training iterations "
-              f"({', '.join(map(str, steps))}; 600 prompts): `one_step_gan_steps.png`.", "",
-              "Command: `python bench/one_step_gan.py`"]
+              f"({', '.join(map(str, steps + (later if args.longer else [])))}; 600 prompts): "
+              "`one_step_gan_steps.png`.",
+              "", "Command: `python bench/one_step_gan.py" + (" --longer`" if args.longer else "`")]
     write_results("one_step_gan", summary, "\n".join(lines) + "\n", plot=plot_bars)
-    plot_steps(summary, args.seeds, steps, RESULTS / "one_step_gan_steps.png")
+    plot_steps(summary, args.seeds, steps + (later if args.longer else []), RESULTS / "one_step_gan_steps.png")
 
 
 if __name__ == "__main__":
