@@ -104,6 +104,23 @@ def across_seeds(per_seed: list[tuple[str, str]], name_a: str, name_b: str) -> t
     return (name_a, [a for a, _ in per_seed]), (name_b, [b for _, b in per_seed])
 
 
+def run_pairs(compared: list[tuple[str, str | None]], row_names: dict[str, str], label, start_row: str,
+              seeds: list[int], iterations: int) -> list[tuple]:
+    """compare_rows pairs for runs trained with several seeds: each (a, b) of `compared` (run names; b None: the
+    start row) per seed, then pooled over the seeds. label(name, seed, iterations) names a run's row;
+    row_names[name] names the run in a pooled row."""
+    out = []
+    for a, b in compared:
+        per_seed = [(label(a, s, iterations), label(b, s, iterations) if b else start_row) for s in seeds]
+        out += per_seed
+        if len(seeds) > 1:
+            pooled_name = "{}, seeds " + "+".join(map(str, seeds))
+            pooled = across_seeds(per_seed, pooled_name.format(row_names[a]),
+                                  pooled_name.format(row_names[b]) if b else start_row)
+            out.append(pooled if b else (pooled[0], start_row))
+    return out
+
+
 def _side(side) -> tuple[str, tuple[str, ...]]:
     return (side, (side,)) if isinstance(side, str) else (side[0], tuple(side[1]))
 

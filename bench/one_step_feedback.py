@@ -25,10 +25,10 @@ from common import (  # bench/common.py
     RESULTS,
     ROOT,
     RUNS,
-    across_seeds,
     compare_rows,
     comparison_table,
     file_at_commit,
+    run_pairs,
     shapes_eval_bars,
     teacher_ratio_lines,
     train_or_reuse,
@@ -89,15 +89,7 @@ def steps_kept(iterations: int, every: int) -> list[int]:
 
 
 def pairs(seeds: list[int], iterations: int) -> list[tuple]:
-    out = []
-    for a, b in COMPARED:
-        per_seed = [(label(a, s, iterations), label(b, s, iterations) if b else SHIPPED_ROW) for s in seeds]
-        out += per_seed
-        if len(seeds) > 1:
-            name_b = f"{RUNS_BY_NAME[b][0]}, seeds {'+'.join(map(str, seeds))}" if b else SHIPPED_ROW
-            pooled = across_seeds(per_seed, f"{RUNS_BY_NAME[a][0]}, seeds {'+'.join(map(str, seeds))}", name_b)
-            out.append(pooled if b else (pooled[0], SHIPPED_ROW))
-    return out
+    return run_pairs(COMPARED, {n: r[0] for n, r in RUNS_BY_NAME.items()}, label, SHIPPED_ROW, seeds, iterations)
 
 
 def plot_steps(summary: dict, seeds: list[int], steps: list[int], path: Path) -> None:

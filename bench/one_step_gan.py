@@ -33,6 +33,7 @@ from common import (  # bench/common.py
     compare_rows,
     comparison_table,
     file_at_commit,
+    run_pairs,
     shapes_eval_bars,
     teacher_ratio_lines,
     train_or_reuse,
@@ -106,15 +107,7 @@ def label(name: str, seed: int, iterations: int) -> str:
 
 
 def pairs(seeds: list[int], iterations: int) -> list[tuple]:
-    out = []
-    for a, b in COMPARED:
-        per_seed = [(label(a, s, iterations), label(b, s, iterations) if b else START_ROW) for s in seeds]
-        out += per_seed
-        if len(seeds) > 1:
-            name_b = f"{RUNS_BY_NAME[b][0]}, seeds {'+'.join(map(str, seeds))}" if b else START_ROW
-            pooled = across_seeds(per_seed, f"{RUNS_BY_NAME[a][0]}, seeds {'+'.join(map(str, seeds))}", name_b)
-            out.append(pooled if b else (pooled[0], START_ROW))
-    return out
+    return run_pairs(COMPARED, {n: r[0] for n, r in RUNS_BY_NAME.items()}, label, START_ROW, seeds, iterations)
 
 
 def longer_pairs(seeds: list[int], iterations: int) -> list[tuple]:
