@@ -35,6 +35,18 @@ def test_simulation_timesteps_are_the_trailing_schedule_from_the_generator_times
     assert simulation_timesteps(2, 800) == [800, 499]
 
 
+def test_a_step_count_listed_twice_in_backward_simulation_is_drawn_twice_as_often():
+    from types import SimpleNamespace
+
+    objective = SimpleNamespace(cfg=SimpleNamespace(backward_simulation=[1, 2, 2, 4], generator_timestep=999))
+    torch.manual_seed(0)
+    draws = [dmd.ScoreDistillation.simulation_point(objective) for _ in range(4000)]
+    counts = {n: sum(len(timesteps) == n for timesteps, _ in draws) / len(draws) for n in (1, 2, 4)}
+    assert counts[2] == pytest.approx(0.5, abs=0.03)
+    assert counts[1] == pytest.approx(0.25, abs=0.03) and counts[4] == pytest.approx(0.25, abs=0.03)
+    assert all(0 <= stop < len(timesteps) for timesteps, stop in draws)
+
+
 def test_backward_simulate_runs_the_sampler_up_to_the_drawn_step():
     calls = []
 
