@@ -63,9 +63,8 @@ class ScoreDistillation:
     fake_updates: int = 1             # fake-score updates per generator update (1: DMD; DMD2's TTUR, sec. 4.2: 5)
     gan_weight: float = 0.0           # non-saturating GAN loss of a head on the fake score's encoder (DMD2 4.3: 5e-3)
     gan_classifier_weight: float = 0.0  # the head's real-vs-generated loss in the fake update (DMD2: 1e-2)
-    backward_simulation: list[int] = field(default_factory=list)  # n-step schedules (e.g. [1, 2, 4]) whose inputs
-                                      # come from the student's own sampler (DMD2 4.5); [] = pure noise at t_g;
-                                      # each entry is drawn equally often ([1, 2, 2, 4]: 2 steps half the time)
+    backward_simulation: list[int] = field(default_factory=list)  # n-step schedules ([1, 2, 4]; [] = noise at t_g)
+                                      # fed by the student's sampler (DMD2 4.5), each entry drawn equally often
     with_feedback: bool = False       # add the stage's feedback terms (section 3.3: "and the feedback losses")
     generator: str = "lora"           # lora, or unet: the dedicated one-step model as a full UNet (initialised
                                       # from base + LoRA, saved as a diffusers pipeline folder)
