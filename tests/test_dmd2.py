@@ -47,6 +47,13 @@ def test_a_step_count_listed_twice_in_backward_simulation_is_drawn_twice_as_ofte
     assert all(0 <= stop < len(timesteps) for timesteps, stop in draws)
 
 
+def test_the_quick_evaluation_samples_each_simulated_step_count_once(tmp_path):
+    from hypersd.train.stages import monitor_settings
+
+    stage = _recipe(tmp_path, "backward_simulation: [1, 2, 2, 4]").stages[0]
+    assert [s.steps for s in monitor_settings(stage)] == [1, 2, 4]
+
+
 def test_backward_simulate_runs_the_sampler_up_to_the_drawn_step():
     calls = []
 

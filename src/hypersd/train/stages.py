@@ -242,7 +242,7 @@ def monitor_settings(stage: Stage) -> list[SampleSettings]:
     """What a quick evaluation samples: every step count a backward-simulated generator learns
     (the unified LoRA: 1, 2, 4), else the stage's own."""
     counts = stage.dmd.backward_simulation if stage.method == "dmd" and stage.dmd.generator_timestep == 999 else []
-    return [stage_settings(stage, n) for n in counts] or [stage_settings(stage)]
+    return [stage_settings(stage, n) for n in dict.fromkeys(counts)] or [stage_settings(stage)]  # once each
 
 
 @contextlib.contextmanager
