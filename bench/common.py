@@ -139,6 +139,13 @@ def teacher_ratio_lines(summary: dict, teacher_label: str, keep=lambda label: Tr
     return lines
 
 
+def shapes_eval_whiskers(rows: list[dict]) -> tuple[list[float], list[list[float]]]:
+    """Each row's ShapesEval and its 95% interval as matplotlib's yerr (distances below and above)."""
+    values = [r["shapes_eval"]["overall"] for r in rows]
+    return values, [[v - r["shapes_eval_ci95"][0] for v, r in zip(values, rows)],
+                    [r["shapes_eval_ci95"][1] - v for v, r in zip(values, rows)]]
+
+
 def shapes_eval_bars(rows: list[dict], labels: list[str], colors: list[str], teacher: float, title: str, path: Path,
                      figsize=(8, 4.2), target: float | None = None) -> None:
     """A bar per row: its ShapesEval with the 95% interval as whiskers; the teacher's 50 steps as a dashed line
@@ -148,9 +155,7 @@ def shapes_eval_bars(rows: list[dict], labels: list[str], colors: list[str], tea
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    values = [r["shapes_eval"]["overall"] for r in rows]
-    errors = [[v - r["shapes_eval_ci95"][0] for v, r in zip(values, rows)],
-              [r["shapes_eval_ci95"][1] - v for v, r in zip(values, rows)]]
+    values, errors = shapes_eval_whiskers(rows)
     fig, ax = plt.subplots(figsize=figsize)
     ax.bar(range(len(rows)), values, yerr=errors, capsize=6, color=colors)
     ax.axhline(teacher, color="tab:blue", linestyle="--", label=f"teacher DDIM @50 ({teacher:.3f})")

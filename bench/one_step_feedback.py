@@ -30,6 +30,7 @@ from common import (  # bench/common.py
     file_at_commit,
     run_pairs,
     shapes_eval_bars,
+    shapes_eval_whiskers,
     teacher_ratio_lines,
     train_or_reuse,
     write_results,
@@ -105,9 +106,7 @@ def plot_steps(summary: dict, seeds: list[int], steps: list[int], path: Path) ->
     for i, (name, seed) in enumerate((n, s) for s in seeds for n in RUNS_BY_NAME):
         labels = [SHIPPED_ROW, *(label(name, seed, step) for step in steps)]
         found = [(x, rows[lb]) for x, lb in zip([0, *steps], labels) if lb in rows]
-        values = [r["shapes_eval"]["overall"] for _, r in found]
-        errors = [[v - r["shapes_eval_ci95"][0] for v, (_, r) in zip(values, found)],
-                  [r["shapes_eval_ci95"][1] - v for v, (_, r) in zip(values, found)]]
+        values, errors = shapes_eval_whiskers([r for _, r in found])
         ax.errorbar([x + 3 * i for x, _ in found], values, yerr=errors, capsize=3, marker="o", markersize=4,
                     linestyle="-" if seed == seeds[0] else "--", label=f"{RUNS_BY_NAME[name][0]}, seed {seed}")
     ax.set_xlabel("iterations from the start (points offset a little to stay apart)")

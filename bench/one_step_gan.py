@@ -35,6 +35,7 @@ from common import (  # bench/common.py
     file_at_commit,
     run_pairs,
     shapes_eval_bars,
+    shapes_eval_whiskers,
     teacher_ratio_lines,
     train_or_reuse,
     write_results,
@@ -134,9 +135,7 @@ def plot_steps(summary: dict, seeds: list[int], steps: list[int], path: Path) ->
         found = [(x, rows[lb]) for x, lb in zip([0, *steps], [START_ROW, *(label(name, seed, s) for s in steps)])
                  if lb in rows]
         xs = [x + 3 * i for x, _ in found]
-        values = [r["shapes_eval"]["overall"] for _, r in found]
-        errors = [[v - r["shapes_eval_ci95"][0] for v, (_, r) in zip(values, found)],
-                  [r["shapes_eval_ci95"][1] - v for v, (_, r) in zip(values, found)]]
+        values, errors = shapes_eval_whiskers([r for _, r in found])
         style = dict(linestyle="-" if seed == seeds[0] else "--", marker="o", markersize=4,
                      color=COLORS[name], label=f"{RUNS_BY_NAME[name][0]}, seed {seed}")
         left.errorbar(xs, values, yerr=errors, capsize=3, **style)
