@@ -415,3 +415,29 @@ def test_fused_pipeline_samples_like_the_lora_and_keeps_its_settings(tiny_pipeli
     assert abs(fused - expected).max() <= 1  # uint8 images, equal up to rounding
     plain = generate(load_pipeline(tiny_pipeline_dir), ["a red circle", "two blue squares"], settings).astype(int)
     assert abs(plain - expected).max() > 8  # and the LoRA mattered
+
+
+def test_a_lower_rank_lora_grows_into_a_higher_rank_adapter_unchanged(tiny_pipeline_dir, tmp_path):
+    from peft.utils import get_peft_model_state_dict
+
+    from hypersd.lora.files import load_into_adapter
+
+    small = StableDiffusionPipeline.from_pretrained(tiny_pipeline_dir).unet
+    add_lora(small, 2, 2.0, Lora().targets)
+    _randomise(small)
+    path = save_lora(tmp_path / "r2.safetensors", small, "student")
+    large = StableDiffusionPipeline.from_pretrained(tiny_pipeline_dir).unet
+    add_lora(large, 6, 6.0, Lora().targets)  # same scale alpha / r
+    fresh_a = {k: v.clone() for k, v in get_peft_model_state_dict(large, adapter_name="student").items()
+               if ".lora_A." in k}
+    assert load_into_adapter(large, path, "student") > 0
+    assert torch.allclose(_unet_output(large), _unet_output(small), atol=1e-5)
+    state = get_peft_model_state_dict(large, adapter_name="student")
+    key_a = next(k for k in state if "to_q.lora_A" in k)
+    key_b = key_a.replace("lora_A", "lora_B")
+    assert torch.equal(state[key_b][:, 2:], torch.zeros_like(state[key_b][:, 2:]))  # the new rank adds nothing yet
+    assert torch.equal(state[key_a][2:], fresh_a[key_a][2:]) and state[key_a][2:].abs().sum() > 0  # but can learn
+    shrunk = StableDiffusionPipeline.from_pretrained(tiny_pipeline_dir).unet
+    add_lora(shrunk, 1, 1.0, Lora().targets)
+    with pytest.raises(UserError, match="rank or above"):
+        load_into_adapter(shrunk, path, "student")

@@ -136,10 +136,27 @@ def copy_lora(src: Path, dst: Path) -> Path:
     return Path(dst)
 
 
+def grown_to_rank(value, own, key: str):
+    """A lower-rank LoRA factor placed in a higher-rank one so that B @ A is unchanged: lora_A's first rows
+    are the file's (the rest keep the adapter's fresh initialisation, so the new rank can learn), lora_B's
+    first columns are the file's and the rest are zero. None when the shapes differ in more than the rank."""
+    import torch
+
+    axis = 0 if ".lora_A." in key else 1
+    rank = value.shape[axis]
+    other_axes_equal = all(a == b for i, (a, b) in enumerate(zip(value.shape, own.shape)) if i != axis)
+    if value.dim() != own.dim() or not other_axes_equal or rank >= own.shape[axis]:
+        return None
+    grown = own.detach().clone() if axis == 0 else torch.zeros_like(own)
+    grown.narrow(axis, 0, rank).copy_(value)
+    return grown
+
+
 def load_into_adapter(unet, path: Path, name: str) -> int:
-    """Load a diffusers-format LoRA file's weights into existing adapter `name` (same targets and
-    rank; its scale alpha / r must match too) with peft's own set_peft_model_state_dict. Returns the
-    number of tensors loaded."""
+    """Load a diffusers-format LoRA file's weights into existing adapter `name` (same targets; its scale
+    alpha / r must match) with peft's own set_peft_model_state_dict. A file of lower rank than the adapter
+    grows into it unchanged (`grown_to_rank`), so a run can add capacity to a LoRA it continues. Returns
+    the number of tensors loaded."""
     from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
     from safetensors.torch import load_file
 
@@ -161,7 +178,10 @@ def load_into_adapter(unet, path: Path, name: str) -> int:
         if key not in own:
             raise UserError(f"LoRA {path}: unet.{key} has no place in this run's adapter (other LoRA targets?)")
         if own[key].shape != value.shape:
-            raise UserError(f"LoRA {path}: unet.{key} has shape {tuple(value.shape)}, the run's adapter "
-                            f"{tuple(own[key].shape)} (set lora.rank to the file's rank)")
+            grown = grown_to_rank(value, own[key], key)
+            if grown is None:
+                raise UserError(f"LoRA {path}: unet.{key} has shape {tuple(value.shape)}, the run's adapter "
+                                f"{tuple(own[key].shape)} (set lora.rank to the file's rank or above it)")
+            state[key] = grown
     set_peft_model_state_dict(unet, state, adapter_name=name)
     return len(state)
