@@ -203,9 +203,11 @@ def test_a_phase_runs_alone_from_a_given_lora(tiny_pipeline_dir, segmenter_dir, 
     assert any(v.abs().sum() > 0 for k, v in before.items() if "lora_B" in k)  # loaded, not fresh
     run.train()
     assert (tmp_path / "b" / "loras" / "feedback-merged.safetensors").is_file()
-    with pytest.raises(UserError, match="set lora.rank to the file's rank|alpha/r"):
-        Run(_recipe(tmp_path, segmenter_dir, ["feedback"], lora="{rank: 4, alpha: 4, targets: [to_q, to_v, conv1]}"),
-            tiny_pipeline_dir, tmp_path / "c", init_lora=given)
+    for lora, problem in (("{rank: 1, alpha: 1, targets: [to_q, to_v, conv1]}", "rank or above"),  # smaller
+                          ("{rank: 4, alpha: 2, targets: [to_q, to_v, conv1]}", "alpha/r")):  # other scale
+        with pytest.raises(UserError, match=problem):
+            Run(_recipe(tmp_path, segmenter_dir, ["feedback"], lora=lora), tiny_pipeline_dir, tmp_path / "c",
+                init_lora=given)
 
 
 def test_perceptual_loss_needs_shapes_data(tiny_pipeline_dir, segmenter_dir, tmp_path):

@@ -25,7 +25,8 @@ def distill(recipe: Optional[Path] = typer.Option(None, help="YAML recipe (defau
             extend_to: Optional[int] = typer.Option(None, help="With --resume: train the run's last stage on to this "
                                                      "many iterations (a finished run too); recorded in recipe.yaml."),
             init_lora: Optional[Path] = typer.Option(None, help="Start the student from this LoRA file "
-                                                      "(run a later phase alone, e.g. feedback on a TSCD LoRA)."),
+                                                      "(run a later phase alone, e.g. feedback on a TSCD LoRA); a file of lower "
+                                                      "rank grows into lora.rank unchanged (same alpha/r)."),
             init_unet: Optional[Path] = typer.Option(None, help="Start a full-UNet generator (dmd.generator: unet) "
                                                       "from these UNet weights: a pipeline folder, a UNet folder "
                                                       "or a .safetensors file (e.g. continue a one-step model)."),

@@ -1,0 +1,85 @@
+"""Capacity for the unified LoRA (issue 14: @1 >= 0.6x, @2 >= 0.9x the teacher): does a higher LoRA rank, for
+the generator and for the fake score, lift one and two steps? Every run continues the shipped unified LoRA
+(assets/hypersd-unified, rank 16) with its own recipe (configs/dmd2-unified-gan05-g3.yaml) for the same number
+of iterations, two training seeds each:
+  r16     the recipe unchanged (the control: what more iterations alone give);
+  r64     the generator LoRA grown to rank 64 (alpha 64, the same scale; the shipped rank-16 factors fill the
+          first 16 ranks and the new ones start at zero, so the run starts from the shipped LoRA exactly);
+  r64f64  the same, and the fake score's LoRA at rank 64 too (dmd.fake_rank; recipe: 16).
+Rows at the shipped LoRA's timesteps (1 at 700, 2 at 900,450, 4 at 900,675,450,225, 8 trailing), paired per
+seed and over both seeds.
+
+    for s in 0 1; do for arm in r16 r64 r64f64; do
+      case $arm in r16) x="";; r64) x="--set lora.rank=64 --set lora.alpha=64";;
+                   r64f64) x="--set lora.rank=64 --set lora.alpha=64 --set stages.0.dmd.fake_rank=64";; esac
+      hypersd distill --recipe configs/dmd2-unified-gan05-g3.yaml $x --set stages.0.iterations=300 \\
+          --set training.seed=$s --init-lora assets/hypersd-unified/dmd-unified.safetensors \\
+          --out bench/runs/long/unified-cont-$arm-s$s
+    done; done      # six one-thread jobs side by side (OMP_NUM_THREADS=1): about 100 min on 2 cores
+    python bench/unified_rank.py --iterations 300     # any snapshot all runs have (100, 200, 300)
+Writes bench/results/unified_rank.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from common import RUNS, compare_rows, comparison_table, run_pairs, teacher_ratio_lines, write_results  # bench/
+from unified_dmd2 import LONG, STEPS, TEACHER_ROW, at_shipped_timesteps, snapshot  # bench/unified_dmd2.py
+
+from hypersd.assets import EVALUATOR, TEACHER, TEACHER_GUIDANCE, UNIFIED_LORA
+from hypersd.embedded.evaluator.evaluate import Row, evaluate, markdown_table
+from hypersd.embedded.rows import metadata_settings
+from hypersd.inference.settings import SampleSettings
+from hypersd.progress import quiet_libraries
+from hypersd.shapes.prompts import standard_prompts
+
+ARMS = {"r16": "rank 16 (recipe unchanged)", "r64": "generator rank 64",
+        "r64f64": "generator and fake score rank 64"}
+START = "shipped unified LoRA (start)"
+
+
+def row_label(arm: str, seed: int, iterations: int, steps: int) -> str:
+    return f"{ARMS[arm]}, +{iterations} it, seed {seed} @{steps}"
+
+
+def main() -> None:
+    quiet_libraries()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iterations", type=int, default=300, help="the snapshot compared (a multiple of 100)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--prompts", type=int, default=600)
+    parser.add_argument("--n-real", type=int, default=2000)
+    args = parser.parse_args()
+    it = args.iterations
+    loras = {(arm, seed): snapshot(it, LONG / f"unified-cont-{arm}-s{seed}") for arm in ARMS for seed in args.seeds}
+    missing = [str(p) for p in loras.values() if not p.is_file()]
+    if missing:
+        raise SystemExit(f"missing {missing[0]}: train it first (commands in this script's docstring)")
+    rows = [Row(TEACHER_ROW, SampleSettings(steps=50, scheduler="ddim", guidance=TEACHER_GUIDANCE))]
+    rows += [Row(f"{START} @{n}", metadata_settings(UNIFIED_LORA, n)) for n in STEPS]
+    rows += [Row(row_label(arm, seed, it, n), at_shipped_timesteps(lora, n))
+             for n in STEPS for (arm, seed), lora in loras.items()]
+    prompts = standard_prompts()[: args.prompts]
+    summary = evaluate(TEACHER, rows, prompts, EVALUATOR, RUNS / "unified-rank", n_real=args.n_real)
+    pairs = []
+    for n in STEPS:
+        names = {arm: f"{title}, +{it} it @{n}" for arm, title in ARMS.items()}
+        pairs += run_pairs([("r16", None), ("r64", "r16"), ("r64f64", "r64")], names,
+                           lambda arm, seed, i, n=n: row_label(arm, seed, i, n), f"{START} @{n}", args.seeds, it)
+    summary["comparisons"] = compare_rows(summary, prompts, pairs)
+    summary["iterations"] = it
+    lines = ["# Capacity for the unified LoRA: LoRA rank of the generator and the fake score", "",
+             f"{len(prompts)} ShapesEval prompts (± half-width of the 95% bootstrap interval), FD against "
+             f"{args.n_real} real renders (± sd over 5 resamples). Every run continues the shipped unified LoRA "
+             f"(rank 16) with configs/dmd2-unified-gan05-g3.yaml for {it} iterations; the rank-64 runs start "
+             "from it exactly (its factors fill the first 16 ranks). Rows at the shipped LoRA's timesteps "
+             "(8 steps: trailing).",
+             "", markdown_table(summary), "", "Ratios to the teacher's 50 guided steps:", "",
+             *teacher_ratio_lines(summary, TEACHER_ROW), "", *comparison_table(summary["comparisons"]), "",
+             f"Command: `python bench/unified_rank.py --iterations {it}` (training commands in its docstring)"]
+    write_results("unified_rank", summary, "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
