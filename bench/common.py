@@ -21,6 +21,26 @@ RESULTS, RUNS = ROOT / "bench" / "results", ROOT / "bench" / "runs"
 PREVIOUS_UNIFIED_COMMIT = "fa96fb9"  # the last commit whose assets/ held make demo's unified LoRA (now DMD2's)
 
 
+def require_trained(paths) -> None:
+    """Exit with one line naming the first of `paths` (LoRA snapshots, start LoRAs) that is not there yet."""
+    missing = [str(p) for p in paths if not Path(p).is_file()]
+    if missing:
+        raise SystemExit(f"missing {missing[0]}: train it first (commands in this script's docstring)")
+
+
+def seeded_snapshot_args(description: str, default_iterations: int):
+    """The arguments of a bench that pairs runs trained with several seeds at one snapshot."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--iterations", type=int, default=default_iterations,
+                        help="the snapshot compared (a multiple of 100)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--prompts", type=int, default=600)
+    parser.add_argument("--n-real", type=int, default=2000)
+    return parser.parse_args()
+
+
 def file_at_commit(path: Path, commit: str) -> Path:
     """The file `path` (inside the repository) as `commit` held it, read from git once into bench/runs/."""
     out = RUNS / "from-git" / commit / path.resolve().relative_to(ROOT)

@@ -16,9 +16,16 @@ Writes bench/results/unified_bs_weights.{json,md,png}.
 
 from __future__ import annotations
 
-import argparse
-
-from common import RUNS, compare_rows, comparison_table, run_pairs, teacher_ratio_lines, write_results  # bench/
+from common import (  # bench/common.py
+    RUNS,
+    compare_rows,
+    comparison_table,
+    require_trained,
+    run_pairs,
+    seeded_snapshot_args,
+    teacher_ratio_lines,
+    write_results,
+)
 from unified_dmd2 import LONG, STEPS, TEACHER_ROW, at_shipped_timesteps, snapshot  # bench/unified_dmd2.py
 
 from hypersd.assets import EVALUATOR, TEACHER, TEACHER_GUIDANCE
@@ -38,18 +45,11 @@ def row_label(name: str, seed: int, iterations: int, steps: int) -> str:
 
 def main() -> None:
     quiet_libraries()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=500, help="the snapshot compared (a multiple of 100)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--prompts", type=int, default=600)
-    parser.add_argument("--n-real", type=int, default=2000)
-    args = parser.parse_args()
+    args = seeded_snapshot_args(__doc__.splitlines()[0], 500)
     it = args.iterations
     loras = {(name, seed): snapshot(it, LONG / f"{FOLDERS[name]}-s{seed}")
              for name in RUNS_BY_NAME for seed in args.seeds}
-    missing = [str(p) for p in loras.values() if not p.is_file()]
-    if missing:
-        raise SystemExit(f"missing {missing[0]}: train it first (commands in this script's docstring)")
+    require_trained(loras.values())
     rows = [Row(TEACHER_ROW, SampleSettings(steps=50, scheduler="ddim", guidance=TEACHER_GUIDANCE))]
     rows += [Row(row_label(name, seed, it, n), at_shipped_timesteps(lora, n))
              for n in STEPS for (name, seed), lora in loras.items()]

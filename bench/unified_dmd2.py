@@ -32,6 +32,7 @@ from common import (  # bench/common.py
     compare_rows,
     comparison_table,
     previous_unified_lora,
+    require_trained,
     teacher_ratio_lines,
     write_results,
 )
@@ -126,9 +127,7 @@ def main() -> None:
         if args.seed_1 not in args.steps:
             raise SystemExit(f"--seed-1 {args.seed_1} must be one of --steps, to pair it with seed 0")
         wanted += [snapshot(args.seed_1, SEED_1_RUN), SEED_1_START]
-    missing = [str(p) for p in wanted if not p.is_file()]
-    if missing:
-        raise SystemExit(f"missing {missing[0]}: train it first (commands in this script's docstring)")
+    require_trained(wanted)
     rows, pairs = rows_for(args.steps)
     if args.seed_1 is not None:
         more_rows, more_pairs = seed_1_rows(args.seed_1)

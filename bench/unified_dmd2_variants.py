@@ -39,6 +39,7 @@ from common import (  # bench/common.py
     compare_rows,
     comparison_table,
     previous_unified_lora,
+    require_trained,
     teacher_ratio_lines,
     write_results,
 )
@@ -122,9 +123,7 @@ def main() -> None:
     snapshots = [snapshot(ITERATIONS, run) for run in runs]
     if args.longer:
         snapshots += [snapshot(LONGER, longer_run(seed)) for seed in (0, 1)]
-    missing = [str(p) for p in snapshots if not p.is_file()]
-    if missing:
-        raise SystemExit(f"missing {missing[0]}: train it first (commands in this script's docstring)")
+    require_trained(snapshots)
     rows, pairs = rows_and_pairs(args.seed_1, args.longer)
     prompts = standard_prompts()[: args.prompts]
     summary = evaluate(TEACHER, rows, prompts, EVALUATOR, RUNS / "unified-dmd2-variants", n_real=args.n_real)
