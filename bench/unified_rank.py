@@ -17,18 +17,23 @@ seed and over both seeds.
           --out bench/runs/long/unified-cont-$arm-s$s
     done; done      # six one-thread jobs side by side (OMP_NUM_THREADS=1): about 100 min on 2 cores
     python bench/unified_rank.py --iterations 300     # any snapshot all runs have (100, 200, 300)
-Writes bench/results/unified_rank.{json,md,png}.
+Writes bench/results/unified_rank-<N>it.{json,md,png} and unified_rank_curve.png (ShapesEval @1, @2
+against iterations, from every unified_rank-<N>it.json).
 """
 
 from __future__ import annotations
 
+import json
+
 from common import (  # bench/common.py
+    RESULTS,
     RUNS,
     compare_rows,
     comparison_table,
     require_trained,
     run_pairs,
     seeded_snapshot_args,
+    shapes_eval_whiskers,
     teacher_ratio_lines,
     write_results,
 )
@@ -65,7 +70,7 @@ def main() -> None:
     pairs = []
     for n in STEPS:
         names = {arm: f"{title}, +{it} it @{n}" for arm, title in ARMS.items()}
-        pairs += run_pairs([("r16", None), ("r64", "r16"), ("r64f64", "r64")], names,
+        pairs += run_pairs([("r16", None), ("r64", "r16"), ("r64f64", "r64"), ("r64f64", "r16")], names,
                            lambda arm, seed, i, n=n: row_label(arm, seed, i, n), f"{START} @{n}", args.seeds, it)
     summary["comparisons"] = compare_rows(summary, prompts, pairs)
     summary["iterations"] = it
@@ -78,7 +83,47 @@ def main() -> None:
              "", markdown_table(summary), "", "Ratios to the teacher's 50 guided steps:", "",
              *teacher_ratio_lines(summary, TEACHER_ROW), "", *comparison_table(summary["comparisons"]), "",
              f"Command: `python bench/unified_rank.py --iterations {it}` (training commands in its docstring)"]
-    write_results("unified_rank", summary, "\n".join(lines) + "\n")
+    write_results(f"unified_rank-{it}it", summary, "\n".join(lines) + "\n")
+    plot_curve(RESULTS / "unified_rank_curve.png")
+
+
+def plot_curve(path) -> None:
+    """ShapesEval at 1 and 2 steps against iterations past the shipped LoRA, one line per arm through its seeds'
+    mean, each seed a point with its 95% interval; from every bench/results/unified_rank-<N>it.json there is."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summaries = sorted((json.loads(f.read_text()) for f in RESULTS.glob("unified_rank-*it.json")),
+                       key=lambda s: s["iterations"])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, n, target in zip(axes, (1, 2), (0.6, 0.9)):
+        first = {r["label"]: r for r in summaries[0]["rows"]}
+        teacher = first[TEACHER_ROW]["shapes_eval"]["overall"]
+        (start,), start_error = shapes_eval_whiskers([first[f"{START} @{n}"]])
+        ax.errorbar([0], [start], yerr=start_error, fmt="s", color="black", capsize=3, label=START)
+        for k, (arm, title) in enumerate(ARMS.items()):
+            xs, means = [0], [start]
+            for s in summaries:
+                rows = {r["label"]: r for r in s["rows"]}
+                seeds = [rows[label] for seed in (0, 1)
+                         if (label := row_label(arm, seed, s["iterations"], n)) in rows]
+                values, errors = shapes_eval_whiskers(seeds)
+                x = [s["iterations"] + 6 * (k - 1) + 2 * j for j in range(len(seeds))]
+                ax.errorbar(x, values, yerr=errors, fmt="o", color=f"C{k}", alpha=0.5, capsize=3)
+                xs.append(s["iterations"])
+                means.append(sum(values) / len(values))
+            ax.plot(xs, means, color=f"C{k}", label=title)
+        ax.axhline(target * teacher, color="tab:red", linestyle=":", label=f"target {target}x the teacher")
+        ax.set_title(f"unified LoRA @{n} (0 = the shipped LoRA)", fontsize=10)
+        ax.set_xlabel("iterations past the shipped LoRA")
+        ax.set_ylabel("ShapesEval (each seed: 95% interval)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
