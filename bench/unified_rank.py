@@ -70,7 +70,8 @@ def main() -> None:
     pairs = []
     for n in STEPS:
         names = {arm: f"{title}, +{it} it @{n}" for arm, title in ARMS.items()}
-        pairs += run_pairs([("r16", None), ("r64", "r16"), ("r64f64", "r64"), ("r64f64", "r16")], names,
+        compared = [("r16", None), ("r64f64", None), ("r64", "r16"), ("r64f64", "r64"), ("r64f64", "r16")]
+        pairs += run_pairs(compared, names,
                            lambda arm, seed, i, n=n: row_label(arm, seed, i, n), f"{START} @{n}", args.seeds, it)
     summary["comparisons"] = compare_rows(summary, prompts, pairs)
     summary["iterations"] = it
