@@ -1,7 +1,8 @@
 """Capacity for the unified LoRA (issue 14: @1 >= 0.6x, @2 >= 0.9x the teacher): does a higher LoRA rank, for
-the generator and for the fake score, lift one and two steps? Every run continues the shipped unified LoRA
-(assets/hypersd-unified, rank 16) with its own recipe (configs/dmd2-unified-gan05-g3.yaml) for the same number
-of iterations, two training seeds each:
+the generator and for the fake score, lift one and two steps? Every run continues the rank-16 unified LoRA
+shipped until commit 86440eb (RANK16_FILE below: `git show 86440eb:assets/hypersd-unified/dmd-unified.safetensors
+> RANK16_FILE`; since then the r64f64 seed-0 run is the shipped file) with its own recipe
+(configs/dmd2-unified-gan05-g3.yaml) for the same number of iterations, two training seeds each:
   r16     the recipe unchanged (the control: what more iterations alone give);
   r64     the generator LoRA grown to rank 64 (alpha 64, the same scale; the shipped rank-16 factors fill the
           first 16 ranks and the new ones start at zero, so the run starts from the shipped LoRA exactly);
@@ -13,7 +14,7 @@ seed and over both seeds.
       case $arm in r16) x="";; r64) x="--set lora.rank=64 --set lora.alpha=64";;
                    r64f64) x="--set lora.rank=64 --set lora.alpha=64 --set stages.0.dmd.fake_rank=64";; esac
       hypersd distill --recipe configs/dmd2-unified-gan05-g3.yaml $x --set stages.0.iterations=300 \\
-          --set training.seed=$s --init-lora assets/hypersd-unified/dmd-unified.safetensors \\
+          --set training.seed=$s --init-lora RANK16_FILE \\
           --out bench/runs/long/unified-cont-$arm-s$s
     done; done      # six one-thread jobs side by side (OMP_NUM_THREADS=1): about 100 min on 2 cores
     python bench/unified_rank.py --iterations 300     # any snapshot all runs have (100, 200, 300)
@@ -30,6 +31,7 @@ from common import (  # bench/common.py
     RUNS,
     compare_rows,
     comparison_table,
+    file_at_commit,
     require_trained,
     run_pairs,
     seeded_snapshot_args,
@@ -49,6 +51,13 @@ from hypersd.shapes.prompts import standard_prompts
 ARMS = {"r16": "rank 16 (recipe unchanged)", "r64": "generator rank 64",
         "r64f64": "generator and fake score rank 64"}
 START = "shipped unified LoRA (start)"
+START_COMMIT = "86440eb"  # the last commit whose assets/ held the rank-16 file these runs continue
+
+
+def start_lora():
+    """The unified LoRA every run here continues (rank 16), as START_COMMIT holds it (since then r64f64 seed 0 is
+    the shipped file)."""
+    return file_at_commit(UNIFIED_LORA, START_COMMIT)
 
 
 def row_label(arm: str, seed: int, iterations: int, steps: int) -> str:
@@ -62,7 +71,7 @@ def main() -> None:
     loras = {(arm, seed): snapshot(it, LONG / f"unified-cont-{arm}-s{seed}") for arm in ARMS for seed in args.seeds}
     require_trained(loras.values())
     rows = [Row(TEACHER_ROW, SampleSettings(steps=50, scheduler="ddim", guidance=TEACHER_GUIDANCE))]
-    rows += [Row(f"{START} @{n}", metadata_settings(UNIFIED_LORA, n)) for n in STEPS]
+    rows += [Row(f"{START} @{n}", metadata_settings(start_lora(), n)) for n in STEPS]
     rows += [Row(row_label(arm, seed, it, n), at_shipped_timesteps(lora, n))
              for n in STEPS for (arm, seed), lora in loras.items()]
     prompts = standard_prompts()[: args.prompts]

@@ -102,7 +102,7 @@ def test_shipped_unified_lora_is_fp16_names_its_timesteps_and_changes_plain_diff
     with safe_open(str(UNIFIED_LORA), "pt") as f:
         dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}
     assert dtypes == {"F16"}, dtypes
-    assert inference_settings(UNIFIED_LORA)["step_timesteps"] == {"1": [700], "2": [900, 450], "4": [900, 675, 450, 225]}
+    assert inference_settings(UNIFIED_LORA)["step_timesteps"] == {"1": [800], "2": [900, 450], "4": [900, 675, 450, 225]}
     pipe = StableDiffusionPipeline.from_pretrained(TEACHER)
     pipe.set_progress_bar_config(disable=True)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
