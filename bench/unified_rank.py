@@ -7,7 +7,7 @@ shipped until commit 86440eb (RANK16_FILE below: `git show 86440eb:assets/hypers
   r64     the generator LoRA grown to rank 64 (alpha 64, the same scale; the shipped rank-16 factors fill the
           first 16 ranks and the new ones start at zero, so the run starts from the shipped LoRA exactly);
   r64f64  the same, and the fake score's LoRA at rank 64 too (dmd.fake_rank; recipe: 16).
-Rows at the shipped LoRA's timesteps (1 at 700, 2 at 900,450, 4 at 900,675,450,225, 8 trailing), paired per
+Rows at the rank-16 LoRA's timesteps (1 at 700, 2 at 900,450, 4 at 900,675,450,225, 8 trailing), paired per
 seed and over both seeds.
 
     for s in 0 1; do for arm in r16 r64 r64f64; do
@@ -71,7 +71,8 @@ def main() -> None:
     loras = {(arm, seed): snapshot(it, LONG / f"unified-cont-{arm}-s{seed}") for arm in ARMS for seed in args.seeds}
     require_trained(loras.values())
     rows = [Row(TEACHER_ROW, SampleSettings(steps=50, scheduler="ddim", guidance=TEACHER_GUIDANCE))]
-    rows += [Row(f"{START} @{n}", metadata_settings(start_lora(), n)) for n in STEPS]
+    start = start_lora()
+    rows += [Row(f"{START} @{n}", metadata_settings(start, n)) for n in STEPS]
     rows += [Row(row_label(arm, seed, it, n), at_shipped_timesteps(lora, n))
              for n in STEPS for (arm, seed), lora in loras.items()]
     prompts = standard_prompts()[: args.prompts]
@@ -86,9 +87,9 @@ def main() -> None:
     summary["iterations"] = it
     lines = ["# Capacity for the unified LoRA: LoRA rank of the generator and the fake score", "",
              f"{len(prompts)} ShapesEval prompts (± half-width of the 95% bootstrap interval), FD against "
-             f"{args.n_real} real renders (± sd over 5 resamples). Every run continues the shipped unified LoRA "
-             f"(rank 16) with configs/dmd2-unified-gan05-g3.yaml for {it} iterations; the rank-64 runs start "
-             "from it exactly (its factors fill the first 16 ranks). Rows at the shipped LoRA's timesteps "
+             f"{args.n_real} real renders (± sd over 5 resamples). Every run continues the rank-16 unified LoRA "
+             f"shipped until {START_COMMIT} with configs/dmd2-unified-gan05-g3.yaml for {it} iterations; the "
+             "rank-64 runs start from it exactly (its factors fill the first 16 ranks). Rows at that LoRA's timesteps "
              "(8 steps: trailing).",
              "", markdown_table(summary), "", "Ratios to the teacher's 50 guided steps:", "",
              *teacher_ratio_lines(summary, TEACHER_ROW), "", *comparison_table(summary["comparisons"]), "",
