@@ -28,8 +28,8 @@ def require_trained(paths) -> None:
         raise SystemExit(f"missing {missing[0]}: train it first (commands in this script's docstring)")
 
 
-def seeded_snapshot_args(description: str, default_iterations: int):
-    """The arguments of a bench that pairs runs trained with several seeds at one snapshot."""
+def seeded_snapshot_parser(description: str, default_iterations: int):
+    """The argument parser of a bench that pairs runs trained with several seeds at one snapshot."""
     import argparse
 
     parser = argparse.ArgumentParser(description=description)
@@ -38,7 +38,12 @@ def seeded_snapshot_args(description: str, default_iterations: int):
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--prompts", type=int, default=600)
     parser.add_argument("--n-real", type=int, default=2000)
-    return parser.parse_args()
+    return parser
+
+
+def seeded_snapshot_args(description: str, default_iterations: int):
+    """seeded_snapshot_parser's arguments, parsed."""
+    return seeded_snapshot_parser(description, default_iterations).parse_args()
 
 
 def file_at_commit(path: Path, commit: str) -> Path:

@@ -6,18 +6,23 @@ shipped until commit 86440eb (RANK16_FILE below: `git show 86440eb:assets/hypers
   r16     the recipe unchanged (the control: what more iterations alone give);
   r64     the generator LoRA grown to rank 64 (alpha 64, the same scale; the shipped rank-16 factors fill the
           first 16 ranks and the new ones start at zero, so the run starts from the shipped LoRA exactly);
-  r64f64  the same, and the fake score's LoRA at rank 64 too (dmd.fake_rank; recipe: 16).
+  r64f64  the same, and the fake score's LoRA at rank 64 too (dmd.fake_rank; recipe: 16);
+  r64f128 the generator at rank 64 and the fake score at rank 128 (added 2026-12-07, after r64f64 came out best).
 Rows at the rank-16 LoRA's timesteps (1 at 700, 2 at 900,450, 4 at 900,675,450,225, 8 trailing), paired per
 seed and over both seeds.
 
     for s in 0 1; do for arm in r16 r64 r64f64; do
       case $arm in r16) x="";; r64) x="--set lora.rank=64 --set lora.alpha=64";;
-                   r64f64) x="--set lora.rank=64 --set lora.alpha=64 --set stages.0.dmd.fake_rank=64";; esac
+                   r64f64) x="--set lora.rank=64 --set lora.alpha=64 --set stages.0.dmd.fake_rank=64";;
+                   r64f128) x="--set lora.rank=64 --set lora.alpha=64 --set stages.0.dmd.fake_rank=128";; esac
       hypersd distill --recipe configs/dmd2-unified-gan05-g3.yaml $x --set stages.0.iterations=300 \\
           --set training.seed=$s --init-lora RANK16_FILE \\
           --out bench/runs/long/unified-cont-$arm-s$s
-    done; done      # six one-thread jobs side by side (OMP_NUM_THREADS=1): about 100 min on 2 cores
-    python bench/unified_rank.py --iterations 300     # any snapshot all runs have (100, 200, 300)
+    done; done      # one-thread jobs side by side (OMP_NUM_THREADS=1): six took about 100 min on 2 cores
+    python bench/unified_rank.py --iterations 300     # any snapshot the runs have (100, 200, 300)
+The r64f64 runs went on to 600 iterations (`hypersd distill --out bench/runs/long/unified-cont-r64f64-s$s --resume
+--extend-to 600`); `--iterations 600 --against 300` evaluates the arms that have 600 and pairs each with itself
+at 300. An arm without the snapshot is left out (its comparisons too).
 Writes bench/results/unified_rank-<N>it.{json,md,png} and unified_rank_curve.png (ShapesEval @1, @2
 against iterations, from every unified_rank-<N>it.json).
 """
@@ -25,16 +30,18 @@ against iterations, from every unified_rank-<N>it.json).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from common import (  # bench/common.py
     RESULTS,
     RUNS,
+    across_seeds,
     compare_rows,
     comparison_table,
     file_at_commit,
     require_trained,
     run_pairs,
-    seeded_snapshot_args,
+    seeded_snapshot_parser,
     shapes_eval_whiskers,
     teacher_ratio_lines,
     write_results,
@@ -49,7 +56,9 @@ from hypersd.progress import quiet_libraries
 from hypersd.shapes.prompts import standard_prompts
 
 ARMS = {"r16": "rank 16 (recipe unchanged)", "r64": "generator rank 64",
-        "r64f64": "generator and fake score rank 64"}
+        "r64f64": "generator and fake score rank 64", "r64f128": "generator rank 64, fake score rank 128"}
+COMPARED = [("r16", None), ("r64f64", None), ("r64f128", None), ("r64", "r16"), ("r64f64", "r64"),
+            ("r64f64", "r16"), ("r64f128", "r64f64"), ("r64f128", "r16")]
 START = "shipped unified LoRA (start)"
 START_COMMIT = "86440eb"  # the last commit whose assets/ held the rank-16 file these runs continue
 
@@ -64,25 +73,55 @@ def row_label(arm: str, seed: int, iterations: int, steps: int) -> str:
     return f"{ARMS[arm]}, +{iterations} it, seed {seed} @{steps}"
 
 
+def trained_snapshots(iterations: int, seeds: list[int]) -> dict[tuple[str, int], Path]:
+    """Each arm's snapshot at `iterations` for every seed, for the arms whose runs all have it (one line and exit
+    when none has)."""
+    loras = {arm: {seed: snapshot(iterations, LONG / f"unified-cont-{arm}-s{seed}") for seed in seeds} for arm in ARMS}
+    trained = {arm: files for arm, files in loras.items() if all(f.is_file() for f in files.values())}
+    if not trained:
+        require_trained(f for files in loras.values() for f in files.values())
+    return {(arm, seed): f for arm, files in trained.items() for seed, f in files.items()}
+
+
+def against_pairs(arms: list[str], seeds: list[int], it: int, earlier: int, n: int) -> list[tuple]:
+    """Each arm at `it` against itself at `earlier` iterations, per seed and pooled over the seeds."""
+    out = []
+    for arm in arms:
+        per_seed = [(row_label(arm, s, it, n), row_label(arm, s, earlier, n)) for s in seeds]
+        out += per_seed
+        if len(seeds) > 1:
+            pooled = "{}, +{} it, seeds " + "+".join(map(str, seeds)) + f" @{n}"
+            out.append(across_seeds(per_seed, pooled.format(ARMS[arm], it), pooled.format(ARMS[arm], earlier)))
+    return out
+
+
 def main() -> None:
     quiet_libraries()
-    args = seeded_snapshot_args(__doc__.splitlines()[0], 300)
+    parser = seeded_snapshot_parser(__doc__.splitlines()[0], 300)
+    parser.add_argument("--against", type=int, help="also each evaluated arm at this many iterations, paired")
+    args = parser.parse_args()
     it = args.iterations
-    loras = {(arm, seed): snapshot(it, LONG / f"unified-cont-{arm}-s{seed}") for arm in ARMS for seed in args.seeds}
-    require_trained(loras.values())
+    loras = trained_snapshots(it, args.seeds)
+    arms = sorted({arm for arm, _ in loras}, key=list(ARMS).index)
+    earlier = {}
+    if args.against:
+        earlier = {(arm, seed): snapshot(args.against, LONG / f"unified-cont-{arm}-s{seed}") for arm, seed in loras}
+        require_trained(earlier.values())
     rows = [Row(TEACHER_ROW, SampleSettings(steps=50, scheduler="ddim", guidance=TEACHER_GUIDANCE))]
     start = start_lora()
     rows += [Row(f"{START} @{n}", metadata_settings(start, n)) for n in STEPS]
-    rows += [Row(row_label(arm, seed, it, n), at_shipped_timesteps(lora, n))
-             for n in STEPS for (arm, seed), lora in loras.items()]
+    rows += [Row(row_label(arm, seed, i, n), at_shipped_timesteps(lora, n)) for n in STEPS
+             for i, snapshots in ((it, loras), (args.against, earlier)) for (arm, seed), lora in snapshots.items()]
     prompts = standard_prompts()[: args.prompts]
     summary = evaluate(TEACHER, rows, prompts, EVALUATOR, RUNS / "unified-rank", n_real=args.n_real)
     pairs = []
     for n in STEPS:
         names = {arm: f"{title}, +{it} it @{n}" for arm, title in ARMS.items()}
-        compared = [("r16", None), ("r64f64", None), ("r64", "r16"), ("r64f64", "r64"), ("r64f64", "r16")]
+        compared = [(a, b) for a, b in COMPARED if a in arms and (b is None or b in arms)]
         pairs += run_pairs(compared, names,
                            lambda arm, seed, i, n=n: row_label(arm, seed, i, n), f"{START} @{n}", args.seeds, it)
+        if args.against:
+            pairs += against_pairs(arms, args.seeds, it, args.against, n)
     summary["comparisons"] = compare_rows(summary, prompts, pairs)
     summary["iterations"] = it
     lines = ["# Capacity for the unified LoRA: LoRA rank of the generator and the fake score", "",
@@ -90,10 +129,12 @@ def main() -> None:
              f"{args.n_real} real renders (± sd over 5 resamples). Every run continues the rank-16 unified LoRA "
              f"shipped until {START_COMMIT} with configs/dmd2-unified-gan05-g3.yaml for {it} iterations; the "
              "rank-64 runs start from it exactly (its factors fill the first 16 ranks). Rows at that LoRA's timesteps "
-             "(8 steps: trailing).",
+             f"(8 steps: trailing). Arms here: {', '.join(ARMS[a] for a in arms)}"
+             + (f"; each also at {args.against} iterations." if args.against else "."),
              "", markdown_table(summary), "", "Ratios to the teacher's 50 guided steps:", "",
              *teacher_ratio_lines(summary, TEACHER_ROW), "", *comparison_table(summary["comparisons"]), "",
-             f"Command: `python bench/unified_rank.py --iterations {it}` (training commands in its docstring)"]
+             f"Command: `python bench/unified_rank.py --iterations {it}"
+             + (f" --against {args.against}" if args.against else "") + "` (training commands in its docstring)"]
     write_results(f"unified_rank-{it}it", summary, "\n".join(lines) + "\n")
     plot_curve(RESULTS / "unified_rank_curve.png")
 
@@ -120,15 +161,17 @@ def plot_curve(path) -> None:
                 rows = {r["label"]: r for r in s["rows"]}
                 seeds = [rows[label] for seed in (0, 1)
                          if (label := row_label(arm, seed, s["iterations"], n)) in rows]
+                if not seeds:
+                    continue
                 values, errors = shapes_eval_whiskers(seeds)
-                x = [s["iterations"] + 6 * (k - 1) + 2 * j for j in range(len(seeds))]
+                x = [s["iterations"] + 6 * (k - 1.5) + 2 * j for j in range(len(seeds))]
                 ax.errorbar(x, values, yerr=errors, fmt="o", color=f"C{k}", alpha=0.5, capsize=3)
                 xs.append(s["iterations"])
                 means.append(sum(values) / len(values))
             ax.plot(xs, means, color=f"C{k}", label=title)
         ax.axhline(target * teacher, color="tab:red", linestyle=":", label=f"target {target}x the teacher")
-        ax.set_title(f"unified LoRA @{n} (0 = the shipped LoRA)", fontsize=10)
-        ax.set_xlabel("iterations past the shipped LoRA")
+        ax.set_title(f"unified LoRA @{n} (0 = the rank-16 LoRA shipped until {START_COMMIT})", fontsize=10)
+        ax.set_xlabel("iterations past the rank-16 LoRA")
         ax.set_ylabel("ShapesEval (each seed: 95% interval)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
