@@ -133,22 +133,65 @@ def main() -> None:
              + (f"; each also at {args.against} iterations." if args.against else "."),
              "", markdown_table(summary), "", "Ratios to the teacher's 50 guided steps:", "",
              *teacher_ratio_lines(summary, TEACHER_ROW), "", *comparison_table(summary["comparisons"]), "",
+             *trend_lines(summaries := every_summary(summary)), "",
              f"Command: `python bench/unified_rank.py --iterations {it}"
              + (f" --against {args.against}" if args.against else "") + "` (training commands in its docstring)"]
     write_results(f"unified_rank-{it}it", summary, "\n".join(lines) + "\n")
-    plot_curve(RESULTS / "unified_rank_curve.png")
+    plot_curve(summaries, RESULTS / "unified_rank_curve.png")
 
 
-def plot_curve(path) -> None:
-    """ShapesEval at 1 and 2 steps against iterations past the shipped LoRA, one line per arm through its seeds'
-    mean, each seed a point with its 95% interval; from every bench/results/unified_rank-<N>it.json there is."""
+def every_summary(current: dict) -> list[dict]:
+    """The summaries of every bench/results/unified_rank-<N>it.json, `current` in place of its own file's, by N."""
+    saved = (json.loads(f.read_text()) for f in RESULTS.glob("unified_rank-*it.json"))
+    return sorted([s for s in saved if s["iterations"] != current["iterations"]] + [current],
+                  key=lambda s: s["iterations"])
+
+
+def curve_points(summaries: list[dict], arm: str, n: int) -> list[tuple[int, float]]:
+    """(iterations, ShapesEval @n) of each seed of `arm` in every summary, and the start at 0 iterations."""
+    points = []
+    for s in summaries:
+        rows = {r["label"]: r for r in s["rows"]}
+        points += [(s["iterations"], rows[label]["shapes_eval"]["overall"]) for seed in (0, 1)
+                   if (label := row_label(arm, seed, s["iterations"], n)) in rows]
+    start = {r["label"]: r for r in summaries[0]["rows"]}[f"{START} @{n}"]["shapes_eval"]["overall"]
+    return [(0, start)] + points if points else []
+
+
+def trend_lines(summaries: list[dict]) -> list[str]:
+    """Markdown: for each arm with snapshots at three or more iteration counts, the least-squares line through its
+    ShapesEval @1 and @2 against iterations (slope per 100 iterations, ± 1.96 standard errors) and where that line
+    would cross the issue's targets (0.6x and 0.9x the teacher): an extrapolation, not a measurement."""
+    import numpy as np
+
+    teacher = {r["label"]: r for r in summaries[0]["rows"]}[TEACHER_ROW]["shapes_eval"]["overall"]
+    lines = ["Trend (least-squares line through each seed's ShapesEval against iterations, the start at 0 included; "
+             "the crossing is an extrapolation of that line, not a measurement; a slope interval that holds 0 is no "
+             "measurable trend):", "",
+             "| arm | steps | points | slope per 100 it (95%) | target | line reaches it at |", "|---|---|---|---|---|---|"]
+    for arm, title in ARMS.items():
+        for n, ratio in ((1, 0.6), (2, 0.9)):
+            points = curve_points(summaries, arm, n)
+            if len({x for x, _ in points}) < 3:
+                continue
+            x, y = np.array(points, dtype=float).T
+            (slope, intercept), cov = np.polyfit(x, y, 1, cov=True)
+            half = 1.96 * float(np.sqrt(cov[0, 0]))
+            target = ratio * teacher
+            reach = f"{(target - intercept) / slope:,.0f} it" if slope > 0 else "never (slope <= 0)"
+            lines.append(f"| {title} | {n} | {len(points)} | {100 * slope:+.4f} [{100 * (slope - half):+.4f}, "
+                         f"{100 * (slope + half):+.4f}] | {target:.3f} ({ratio}x) | {reach} |")
+    return lines
+
+
+def plot_curve(summaries: list[dict], path) -> None:
+    """ShapesEval at 1 and 2 steps against iterations past the rank-16 LoRA, one line per arm through its seeds'
+    mean, each seed a point with its 95% interval; from every unified_rank-<N>it summary."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    summaries = sorted((json.loads(f.read_text()) for f in RESULTS.glob("unified_rank-*it.json")),
-                       key=lambda s: s["iterations"])
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, n, target in zip(axes, (1, 2), (0.6, 0.9)):
         first = {r["label"]: r for r in summaries[0]["rows"]}
@@ -168,7 +211,8 @@ def plot_curve(path) -> None:
                 ax.errorbar(x, values, yerr=errors, fmt="o", color=f"C{k}", alpha=0.5, capsize=3)
                 xs.append(s["iterations"])
                 means.append(sum(values) / len(values))
-            ax.plot(xs, means, color=f"C{k}", label=title)
+            if len(xs) > 1:
+                ax.plot(xs, means, color=f"C{k}", label=title)
         ax.axhline(target * teacher, color="tab:red", linestyle=":", label=f"target {target}x the teacher")
         ax.set_title(f"unified LoRA @{n} (0 = the rank-16 LoRA shipped until {START_COMMIT})", fontsize=10)
         ax.set_xlabel("iterations past the rank-16 LoRA")
