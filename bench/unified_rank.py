@@ -197,7 +197,7 @@ def plot_curve(summaries: list[dict], path) -> None:
         first = {r["label"]: r for r in summaries[0]["rows"]}
         teacher = first[TEACHER_ROW]["shapes_eval"]["overall"]
         (start,), start_error = shapes_eval_whiskers([first[f"{START} @{n}"]])
-        ax.errorbar([0], [start], yerr=start_error, fmt="s", color="black", capsize=3, label=START)
+        ax.errorbar([0], [start], yerr=start_error, fmt="s", color="black", capsize=3, label=f"rank-16 LoRA (the start; shipped until {START_COMMIT})")
         for k, (arm, title) in enumerate(ARMS.items()):
             xs, means = [0], [start]
             for s in summaries:
@@ -213,12 +213,12 @@ def plot_curve(summaries: list[dict], path) -> None:
                 means.append(sum(values) / len(values))
             if len(xs) > 1:
                 ax.plot(xs, means, color=f"C{k}", label=title)
-        ax.axhline(target * teacher, color="tab:red", linestyle=":", label=f"target {target}x the teacher")
+        ax.axhline(target * teacher, color="gray", linestyle=":", label=f"target {target}x the teacher")
         ax.set_title(f"unified LoRA @{n} (0 = the rank-16 LoRA shipped until {START_COMMIT})", fontsize=10)
         ax.set_xlabel("iterations past the rank-16 LoRA")
         ax.set_ylabel("ShapesEval (each seed: 95% interval)")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
