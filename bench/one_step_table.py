@@ -67,7 +67,7 @@ SEED_PAIRS = [  # the headline one-step comparison (DMD2 + regression over the r
     (UNET_ROW, "regression alone, full UNet, 1500 it"),
     ("DMD2 + regression from the regression UNet, 350 it, seed 1", "regression alone, full UNet, 1500 it, seed 1"),
 ]
-UNIFIED_SEED_1 = "unified, make demo's recipe, seed 1"  # configs/demo-hyper.yaml with training.seed=1 (fp32)
+UNIFIED_SEED_1 = "unified, make demo's recipe, seed 1"  # configs/demo-hyper.yaml, training.seed=1, stages.5.iterations=150
 UNIFIED = {"unified (shipped)": previous_unified_lora(),
            "unified + regression, 400 it": LONG / "unified-regression-s0" / "loras" / "dmd-unified.safetensors",
            UNIFIED_SEED_1: LONG / "unified-demo-s1" / "loras" / "dmd-unified.safetensors"}
@@ -153,7 +153,8 @@ def main() -> None:
              markdown_table(summary), *ratios(summary), "",
              "Two training seeds of the shipped one-step model's two runs (seed 0 is the shipped file; seed 1 "
              "repeats both runs with `training.seed=1` from the same TSCD LoRA and teacher pairs), and of the "
-             "unified LoRA (seed 1: `hypersd distill --recipe configs/demo-hyper.yaml --set training.seed=1`, "
+             "unified LoRA (seed 1: `hypersd distill --recipe configs/demo-hyper.yaml --set training.seed=1 "
+             "--set stages.5.iterations=150`, "
              "sampled at the shipped LoRA's timesteps):", "",
              *comparison_table(summary["seed_comparisons"])[2:], "", *comparison_table(summary["comparisons"]), "",
              "Quick ShapesEval (120 prompts) against training hours on the 2-core CPU: `one_step_curves.png`.", "",

@@ -17,7 +17,7 @@ from hypersd.inference.settings import SampleSettings
 from hypersd.io import atomic_file, write_text
 from hypersd.shapes.prompts import standard_prompts
 
-TEACHER_STEPS = (1, 2, 4, 8, 25, 50)
+TEACHER_STEPS = (1, 2, 4, 8, 50)
 
 
 def teacher_rows(steps=TEACHER_STEPS) -> list[Row]:
