@@ -11,6 +11,7 @@ from hypersd.core.intervals import (
     paired_ratio,
     plus_minus,
     seed_mean,
+    slope_interval,
     stratified_normal_interval,
     verdict,
 )
@@ -103,3 +104,16 @@ def test_cells_show_value_and_half_width():
     assert overall_cell(row) == "**0.427** ± 0.020" and fd_cell(row) == "67.2 ± 3.1"
     assert plus_minus(0.4271, 0.407, 0.447) == "0.427 ± 0.020"
     assert overall_cell({"shapes_eval": {"overall": 0.5}}) == "**0.500**"  # old results without intervals
+
+
+def test_slope_interval_finds_a_rising_curve_and_no_trend_in_a_flat_one():
+    rng = np.random.default_rng(5)
+    u = rng.random(600)
+    x = [0, 100, 200, 300]
+    rising = [u < 0.2 + 0.1 * k for k in range(4)]  # pass rate up 0.1 per 100 on the same prompts
+    slope, intercept, lo, hi = slope_interval(x, rising, CATS)
+    assert slope == pytest.approx(0.001, abs=2e-4) and intercept == pytest.approx(0.2, abs=0.03)
+    assert 0 < lo < slope < hi
+    flat = [rng.random(600) < 0.4 for _ in x]  # fresh noise at every x, no trend
+    slope, _, lo, hi = slope_interval(x, flat, CATS)
+    assert lo < 0 < hi and abs(slope) < 5e-4

@@ -54,6 +54,22 @@ def paired_difference(passed_a, passed_b, categories, resamples: int = RESAMPLES
     return category_mean(a, categories) - category_mean(b, categories), float(lo), float(hi)
 
 
+def slope_interval(x, passed_rows, categories, resamples: int = RESAMPLES, seed: int = 0,
+                   level: float = 0.95) -> tuple[float, float, float, float]:
+    """(slope, intercept, interval low, interval high) of the least-squares line through ShapesEval overall
+    against x (e.g. training iterations), one row of per-prompt passes per x. The rows were judged on the same
+    prompts, so one resample of prompts serves every row (as in `paired_difference`), and the interval is that
+    of the slope over the resamples."""
+    x, rows = np.asarray(x, dtype=float), np.asarray(passed_rows, dtype=float)
+    categories = np.asarray(categories)
+    slope, intercept = np.polyfit(x, [category_mean(r, categories) for r in rows], 1)
+    slopes = [np.polyfit(x, [category_mean(r[i], categories[i]) for r in rows], 1)[0]
+              for i in _indices(categories, resamples, seed)]
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(slopes, [tail, 100 - tail])
+    return float(slope), float(intercept), float(lo), float(hi)
+
+
 def seed_mean(passed_per_seed) -> np.ndarray:
     """Per prompt, the fraction of training seeds whose image passed: one row per seed in, one row out.
     Fed to `paired_difference`, a resample of prompts then keeps every seed's image of a prompt together,
