@@ -21,6 +21,11 @@ RESULTS, RUNS = ROOT / "bench" / "results", ROOT / "bench" / "runs"
 PREVIOUS_UNIFIED_COMMIT = "fa96fb9"  # the last commit whose assets/ held make demo's unified LoRA (now DMD2's)
 
 
+def rows_by_label(summary: dict) -> dict[str, dict]:
+    """A summary's rows by their labels."""
+    return {r["label"]: r for r in summary["rows"]}
+
+
 def require_trained(paths) -> None:
     """Exit with one line naming the first of `paths` (LoRA snapshots, start LoRAs) that is not there yet."""
     missing = [str(p) for p in paths if not Path(p).is_file()]
@@ -108,7 +113,7 @@ def compare_rows(summary: dict, prompts: list[str], pairs: list[tuple]) -> list[
     (same prompts and seeds: one resample of prompts serves both sides). A side is a row's label, or
     (name, labels): several rows (training seeds of one method) averaged per prompt, so that a resample
     of prompts keeps every seed's image of that prompt together."""
-    rows = {r["label"]: r for r in summary["rows"]}
+    rows = rows_by_label(summary)
     categories = [parse_caption(p).category for p in prompts]
     out = []
     for a, b in pairs:

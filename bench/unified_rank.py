@@ -23,8 +23,9 @@ seed and over both seeds.
 The r64f64 runs went on to 600 iterations (`hypersd distill --out bench/runs/long/unified-cont-r64f64-s$s --resume
 --extend-to 600`); `--iterations 600 --against 300` evaluates the arms that have 600 and pairs each with itself
 at 300. An arm without the snapshot is left out (its comparisons too).
-Writes bench/results/unified_rank-<N>it.{json,md,png} and unified_rank_curve.png (ShapesEval @1, @2
-against iterations, from every unified_rank-<N>it.json).
+Writes bench/results/unified_rank-<N>it.{json,md,png}, and from every unified_rank-<N>it.json the curve
+unified_rank_curve.png (ShapesEval @1, @2 against iterations) and unified_rank_trend.md (each arm's slope with its
+bootstrap interval); `--replot` redraws those two alone.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from common import (  # bench/common.py
     comparison_table,
     file_at_commit,
     require_trained,
+    rows_by_label,
     run_pairs,
     seeded_snapshot_parser,
     shapes_eval_whiskers,
@@ -49,10 +51,12 @@ from common import (  # bench/common.py
 from unified_dmd2 import LONG, STEPS, TEACHER_ROW, at_shipped_timesteps, snapshot  # bench/unified_dmd2.py
 
 from hypersd.assets import EVALUATOR, TEACHER, TEACHER_GUIDANCE, UNIFIED_LORA
+from hypersd.core.intervals import slope_interval
 from hypersd.embedded.evaluator.evaluate import Row, evaluate, markdown_table
 from hypersd.embedded.rows import metadata_settings
 from hypersd.inference.settings import SampleSettings
 from hypersd.progress import quiet_libraries
+from hypersd.shapes.captions import parse_caption
 from hypersd.shapes.prompts import standard_prompts
 
 ARMS = {"r16": "rank 16 (recipe unchanged)", "r64": "generator rank 64",
@@ -99,7 +103,11 @@ def main() -> None:
     quiet_libraries()
     parser = seeded_snapshot_parser(__doc__.splitlines()[0], 300)
     parser.add_argument("--against", type=int, help="also each evaluated arm at this many iterations, paired")
+    parser.add_argument("--replot", action="store_true",
+                        help="only redraw the curve and the trend table from the saved unified_rank-<N>it.json")
     args = parser.parse_args()
+    if args.replot:
+        return write_curve_and_trend(every_summary())
     it = args.iterations
     loras = trained_snapshots(it, args.seeds)
     arms = sorted({arm for arm, _ in loras}, key=list(ARMS).index)
@@ -133,54 +141,68 @@ def main() -> None:
              + (f"; each also at {args.against} iterations." if args.against else "."),
              "", markdown_table(summary), "", "Ratios to the teacher's 50 guided steps:", "",
              *teacher_ratio_lines(summary, TEACHER_ROW), "", *comparison_table(summary["comparisons"]), "",
-             *trend_lines(summaries := every_summary(summary)), "",
              f"Command: `python bench/unified_rank.py --iterations {it}"
              + (f" --against {args.against}" if args.against else "") + "` (training commands in its docstring)"]
     write_results(f"unified_rank-{it}it", summary, "\n".join(lines) + "\n")
-    plot_curve(summaries, RESULTS / "unified_rank_curve.png")
+    write_curve_and_trend(every_summary(summary))
 
 
-def every_summary(current: dict) -> list[dict]:
+def every_summary(current: dict | None = None) -> list[dict]:
     """The summaries of every bench/results/unified_rank-<N>it.json, `current` in place of its own file's, by N."""
-    saved = (json.loads(f.read_text()) for f in RESULTS.glob("unified_rank-*it.json"))
-    return sorted([s for s in saved if s["iterations"] != current["iterations"]] + [current],
-                  key=lambda s: s["iterations"])
+    saved = [json.loads(f.read_text()) for f in RESULTS.glob("unified_rank-*it.json")]
+    if current is not None:
+        saved = [s for s in saved if s["iterations"] != current["iterations"]] + [current]
+    return sorted(saved, key=lambda s: s["iterations"])
 
 
-def curve_points(summaries: list[dict], arm: str, n: int) -> list[tuple[int, float]]:
-    """(iterations, ShapesEval @n) of each seed of `arm` in every summary, and the start at 0 iterations."""
-    points = []
+def arm_rows(summaries: list[dict], arm: str, n: int) -> list[tuple[int, list[dict]]]:
+    """(iterations, the rows of `arm`'s seeds at n steps) for every summary that has any."""
+    out = []
     for s in summaries:
-        rows = {r["label"]: r for r in s["rows"]}
-        points += [(s["iterations"], rows[label]["shapes_eval"]["overall"]) for seed in (0, 1)
-                   if (label := row_label(arm, seed, s["iterations"], n)) in rows]
-    start = {r["label"]: r for r in summaries[0]["rows"]}[f"{START} @{n}"]["shapes_eval"]["overall"]
-    return [(0, start)] + points if points else []
+        rows = rows_by_label(s)
+        seeds = [rows[label] for seed in (0, 1) if (label := row_label(arm, seed, s["iterations"], n)) in rows]
+        if seeds:
+            out.append((s["iterations"], seeds))
+    return out
+
+
+def write_curve_and_trend(summaries: list[dict]) -> None:
+    """bench/results/unified_rank_curve.png and unified_rank_trend.md, from every unified_rank-<N>it summary."""
+    plot_curve(summaries, RESULTS / "unified_rank_curve.png")
+    lines = ["# Capacity for the unified LoRA: ShapesEval against training iterations", "",
+             *trend_lines(summaries), "",
+             "Command: `python bench/unified_rank.py --replot` (from the saved unified_rank-<N>it.json; every "
+             "evaluation also rewrites it)"]
+    (RESULTS / "unified_rank_trend.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {RESULTS / 'unified_rank_trend.md'}")
 
 
 def trend_lines(summaries: list[dict]) -> list[str]:
-    """Markdown: for each arm with snapshots at three or more iteration counts, the least-squares line through its
-    ShapesEval @1 and @2 against iterations (slope per 100 iterations, ± 1.96 standard errors) and where that line
-    would cross the issue's targets (0.6x and 0.9x the teacher): an extrapolation, not a measurement."""
-    import numpy as np
-
-    teacher = {r["label"]: r for r in summaries[0]["rows"]}[TEACHER_ROW]["shapes_eval"]["overall"]
-    lines = ["Trend (least-squares line through each seed's ShapesEval against iterations, the start at 0 included; "
-             "the crossing is an extrapolation of that line, not a measurement; a slope interval that holds 0 is no "
-             "measurable trend):", "",
-             "| arm | steps | points | slope per 100 it (95%) | target | line reaches it at |", "|---|---|---|---|---|---|"]
+    """Markdown: for each arm with rows at three or more iteration counts (the start at 0 included), the
+    least-squares line through its seeds' ShapesEval @1 and @2 against iterations, the slope's 95% bootstrap
+    interval over prompts (hypersd.core.intervals.slope_interval) and where the line would cross the issue's
+    targets (0.6x and 0.9x the teacher): an extrapolation, not a measurement."""
+    first = rows_by_label(summaries[0])
+    teacher = first[TEACHER_ROW]["shapes_eval"]["overall"]
+    categories = [parse_caption(p).category for p in standard_prompts()[: summaries[0]["prompts"]]]
+    lines = ["Least-squares line through each seed's ShapesEval against iterations, the start at 0 included; "
+             "the slope's 95% interval is a stratified bootstrap over prompts (one resample serves every row). "
+             "The crossing is an extrapolation of that line, not a measurement; a slope interval that holds 0 is no "
+             "measurable trend.", "",
+             "| arm | steps | rows | slope per 100 it (95%) | target | line reaches it at |",
+             "|---|---|---|---|---|---|"]
     for arm, title in ARMS.items():
         for n, ratio in ((1, 0.6), (2, 0.9)):
-            points = curve_points(summaries, arm, n)
-            if len({x for x, _ in points}) < 3:
+            points = [(0, first[f"{START} @{n}"])] + [(i, r) for i, seeds in arm_rows(summaries, arm, n) for r in seeds]
+            if len({i for i, _ in points}) < 3:
                 continue
-            x, y = np.array(points, dtype=float).T
-            (slope, intercept), cov = np.polyfit(x, y, 1, cov=True)
-            half = 1.96 * float(np.sqrt(cov[0, 0]))
+            x = [i for i, _ in points]
+            passed = [[c == "1" for c in r["passed"]] for _, r in points]
+            slope, intercept, lo, hi = slope_interval(x, passed, categories)
             target = ratio * teacher
             reach = f"{(target - intercept) / slope:,.0f} it" if slope > 0 else "never (slope <= 0)"
-            lines.append(f"| {title} | {n} | {len(points)} | {100 * slope:+.4f} [{100 * (slope - half):+.4f}, "
-                         f"{100 * (slope + half):+.4f}] | {target:.3f} ({ratio}x) | {reach} |")
+            lines.append(f"| {title} | {n} | {len(points)} | {100 * slope:+.4f} [{100 * lo:+.4f}, {100 * hi:+.4f}] "
+                         f"| {target:.3f} ({ratio}x) | {reach} |")
     return lines
 
 
@@ -193,23 +215,19 @@ def plot_curve(summaries: list[dict], path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    first = rows_by_label(summaries[0])
+    teacher = first[TEACHER_ROW]["shapes_eval"]["overall"]
     for ax, n, target in zip(axes, (1, 2), (0.6, 0.9)):
-        first = {r["label"]: r for r in summaries[0]["rows"]}
-        teacher = first[TEACHER_ROW]["shapes_eval"]["overall"]
         (start,), start_error = shapes_eval_whiskers([first[f"{START} @{n}"]])
-        ax.errorbar([0], [start], yerr=start_error, fmt="s", color="black", capsize=3, label=f"rank-16 LoRA (the start; shipped until {START_COMMIT})")
+        ax.errorbar([0], [start], yerr=start_error, fmt="s", color="black", capsize=3,
+                    label=f"rank-16 LoRA (the start; shipped until {START_COMMIT})")
         for k, (arm, title) in enumerate(ARMS.items()):
             xs, means = [0], [start]
-            for s in summaries:
-                rows = {r["label"]: r for r in s["rows"]}
-                seeds = [rows[label] for seed in (0, 1)
-                         if (label := row_label(arm, seed, s["iterations"], n)) in rows]
-                if not seeds:
-                    continue
+            for iterations, seeds in arm_rows(summaries, arm, n):
                 values, errors = shapes_eval_whiskers(seeds)
-                x = [s["iterations"] + 6 * (k - 1.5) + 2 * j for j in range(len(seeds))]
+                x = [iterations + 6 * (k - 1.5) + 2 * j for j in range(len(seeds))]
                 ax.errorbar(x, values, yerr=errors, fmt="o", color=f"C{k}", alpha=0.5, capsize=3)
-                xs.append(s["iterations"])
+                xs.append(iterations)
                 means.append(sum(values) / len(values))
             if len(xs) > 1:
                 ax.plot(xs, means, color=f"C{k}", label=title)
