@@ -1,28 +1,34 @@
 """A larger critic for the dedicated one-step model (issue 14: ShapesEval >= 0.85x, FD <= 1.1x the teacher's).
 Two levers helped the unified LoRA: a rank-64 fake score lifted its one-step ShapesEval (bench/unified_rank.py),
 and a GAN weight of 0.05 with real-score guidance 3 lowered its FD (bench/unified_dmd2_variants.py). On the
-one-step UNet the second alone tied its control on ShapesEval and lowered FD a little (bench/one_step_gan.py). Does
-the larger critic carry over, alone or with those two keys? Every run continues the shipped one-step UNet (assets/hypersd-one-step as
-commit START_COMMIT holds it) with the objective that made it (configs/one-step-dmd-feedback-unet.yaml with
-dmd.with_feedback false: DMD2 + regression), a fresh fake score and optimiser, two training seeds each:
+one-step UNet the second alone tied its control on ShapesEval and lowered FD a little (bench/one_step_gan.py).
+Does the larger critic carry over, alone or with those two keys, and does a larger batch help? Every run continues
+the shipped one-step UNet (assets/hypersd-one-step as commit START_COMMIT holds it) with the objective that made it
+(configs/one-step-dmd-feedback-unet.yaml with dmd.with_feedback false: DMD2 + regression), a fresh fake score and
+optimiser, two training seeds each:
   control       the recipe unchanged (fake score rank 16): what more iterations alone give;
   f64           the fake score's LoRA at rank 64;
   f64-gan05-g3  the fake score at rank 64, the GAN term at weight 0.05 (recipe 5e-3), the real score guided at 3
-                (recipe 5).
+                (recipe 5);
+  b32           the batch doubled for the generator, the fake score (both 32) and the regression (64): the lever a
+                GPU would pull much further (the paper trains at 512). Its snapshot at N iterations has seen the
+                samples of the others at 2N.
 
     hypersd data pairs --model assets/tiny-sd --n 6000 --steps 16 --out runs/pairs/teacher-ddim16.safetensors
     git show START_COMMIT:assets/hypersd-one-step/hypersd-shapes-1step-unet.safetensors > START.safetensors
-    for s in 0 1; do for arm in control f64 f64-gan05-g3; do
+    for s in 0 1; do for arm in control f64 f64-gan05-g3 b32; do
       case $arm in control) x="";; f64) x="--set stages.0.dmd.fake_rank=64";;
         f64-gan05-g3) x="--set stages.0.dmd.fake_rank=64 --set stages.0.dmd.gan_weight=0.05 --set stages.0.dmd.guidance=3";;
+        b32) x="--set training.batch_size=32 --set stages.0.dmd.batch_size=32 --set stages.0.dmd.regression_batch_size=64";;
       esac
       OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE hypersd distill --recipe configs/one-step-dmd-feedback-unet.yaml \\
           --set stages.0.dmd.with_feedback=false $x --set training.seed=$s --init-unet START.safetensors \\
           --out bench/runs/long/one-step-critic-$arm-s$s &
-    done; done; wait         # six one-thread jobs side by side
+    done; done; wait     # one-thread jobs side by side (the first six: 84 min for 300 iterations)
     python bench/one_step_critic.py --iterations 300   # or any snapshot the runs have (100, 200)
-The last snapshot's models are also scored on 600 held-out prompts and noise seeds, so that the choice of the
-model to ship is checked on images it was not made on. Writes bench/results/one_step_critic-<N>it.{json,md,png}.
+An arm whose runs lack the snapshot is left out, with its comparisons (b32 was started after the others). The
+models are also scored on 600 held-out prompts and noise seeds, so that the choice of the model to ship is checked
+on images it was not made on. Writes bench/results/one_step_critic-<N>it.{json,md,png}.
 """
 
 from __future__ import annotations
@@ -52,9 +58,9 @@ from hypersd.shapes.prompts import STANDARD_SEED, standard_prompts
 from hypersd.train.outputs import snapshot_unet
 
 ARMS = {"control": "fake score rank 16 (control)", "f64": "fake score rank 64",
-        "f64-gan05-g3": "fake score rank 64, GAN 0.05, guidance 3"}
+        "f64-gan05-g3": "fake score rank 64, GAN 0.05, guidance 3", "b32": "batch 32"}
 COMPARED = [("control", None), ("f64", None), ("f64-gan05-g3", None), ("f64", "control"),
-            ("f64-gan05-g3", "control"), ("f64-gan05-g3", "f64")]  # None: the start
+            ("f64-gan05-g3", "control"), ("f64-gan05-g3", "f64"), ("b32", None), ("b32", "control")]  # None: the start
 START_COMMIT = "6d842fb"  # a commit whose assets/ holds the one-step UNet these runs continue
 START = f"shipped one-step model (start, {START_COMMIT})"
 
@@ -68,10 +74,18 @@ def run_dir(arm: str, seed: int) -> Path:
 
 
 def generator_at(arm: str, seed: int, step: int) -> Path:
-    """The generator's weights at `step`: its snapshot (training.save_lora_every), or the checkpoint of that step
-    (a run's last step has no snapshot: it writes the pipeline folder instead)."""
-    snapshot = snapshot_unet(run_dir(arm, seed), "one-step-t800", step)
-    return snapshot if snapshot.is_file() else run_dir(arm, seed) / "checkpoints" / f"s00-{step:07d}" / "generator.safetensors"
+    """The generator's weights at `step` (its snapshot: training.save_lora_every, the last step included)."""
+    return snapshot_unet(run_dir(arm, seed), "one-step-t800", step)
+
+
+def trained_models(iterations: int, seeds: list[int]) -> dict[tuple[str, int], Path]:
+    """Each arm's generator at `iterations` for every seed, for the arms whose runs all have it (one line and exit
+    when none has)."""
+    found = {arm: {seed: generator_at(arm, seed, iterations) for seed in seeds} for arm in ARMS}
+    trained = {arm: files for arm, files in found.items() if all(f.is_file() for f in files.values())}
+    if not trained:
+        require_trained(f for files in found.values() for f in files.values())
+    return {(arm, seed): f for arm, files in trained.items() for seed, f in files.items()}
 
 
 def label(arm: str, seed: int, iterations: int) -> str:
@@ -90,15 +104,16 @@ def main() -> None:
     quiet_libraries()
     args = seeded_snapshot_parser(__doc__.splitlines()[0], 300).parse_args()
     it = args.iterations
-    models = {(arm, seed): generator_at(arm, seed, it) for seed in args.seeds for arm in ARMS}
-    require_trained(models.values())
+    models = trained_models(it, args.seeds)
+    arms = {arm for arm, _ in models}
     start = start_model()
     prompts = standard_prompts()[: args.prompts]
     rows = [Row(TEACHER_ROW, SampleSettings(steps=50, scheduler="ddim", guidance=TEACHER_GUIDANCE)),
             Row(START, ONE_STEP, unet=start)]
     final = [Row(label(arm, seed, it), ONE_STEP, unet=path) for (arm, seed), path in models.items()]
     summary = evaluate(TEACHER, rows + final, prompts, EVALUATOR, RUNS / "one-step-critic", n_real=args.n_real)
-    pairs = run_pairs(COMPARED, {a: f"{t}, +{it} it" for a, t in ARMS.items()}, label, START, args.seeds, it)
+    compared = [(a, b) for a, b in COMPARED if a in arms and (b is None or b in arms)]
+    pairs = run_pairs(compared, {a: f"{t}, +{it} it" for a, t in ARMS.items()}, label, START, args.seeds, it)
     summary["comparisons"] = compare_rows(summary, prompts, pairs)
     summary["iterations"] = it
     held_out = standard_prompts(args.prompts, seed=STANDARD_SEED + 1)  # a confirmation no choice was made on
@@ -127,8 +142,8 @@ def plot_bars(summary: dict, path: Path) -> None:
     """Each row's ShapesEval with its 95% interval; the teacher's 50 steps and the 0.85x target as lines."""
     rows = [r for r in summary["rows"] if r["label"] != TEACHER_ROW]
     teacher = next(r for r in summary["rows"] if r["label"] == TEACHER_ROW)["shapes_eval"]["overall"]
-    colors = ["tab:gray" if r["label"] == START or "control" in r["label"] else
-              "tab:orange" if "GAN" in r["label"] else "tab:green" for r in rows]
+    colors = ["tab:gray" if r["label"] == START or "control" in r["label"] else "tab:orange" if "GAN" in r["label"]
+              else "tab:purple" if "batch" in r["label"] else "tab:green" for r in rows]
     shapes_eval_bars(rows, [short_label(r["label"]) for r in rows], colors, teacher,
                      f"The one-step model continued {summary['iterations']} iterations: the critic's size",
                      path, figsize=(10, 4.4), target=0.85)
