@@ -92,12 +92,16 @@ def label(arm: str, seed: int, iterations: int) -> str:
     return f"{ARMS[arm]}, +{iterations} it, seed {seed}"
 
 
+BAR_NAMES = {"control": "rank 16\n(control)", "f64": "fake\nrank 64", "f64-gan05-g3": "rank 64, GAN\n0.05, guid. 3",
+             "b32": "batch 32"}
+
+
 def short_label(row_label: str) -> str:
-    """'fake score rank 64, GAN 0.05, guidance 3, +300 it, seed 0' -> two lines for a bar."""
+    """'fake score rank 64, GAN 0.05, guidance 3, +300 it, seed 0' -> a bar's few short lines."""
     if row_label == START:
         return "start\n(shipped)"
-    *method, _, seed = row_label.split(", ")
-    return f"{', '.join(method)}\n{seed}".replace("fake score ", "")
+    arm = next(a for a, title in ARMS.items() if row_label.startswith(f"{title}, +"))
+    return f"{BAR_NAMES[arm]}\n{row_label.rsplit(', ', 1)[1]}"
 
 
 def main() -> None:
@@ -145,7 +149,7 @@ def plot_bars(summary: dict, path: Path) -> None:
     colors = ["tab:gray" if r["label"] == START or "control" in r["label"] else "tab:orange" if "GAN" in r["label"]
               else "tab:purple" if "batch" in r["label"] else "tab:green" for r in rows]
     shapes_eval_bars(rows, [short_label(r["label"]) for r in rows], colors, teacher,
-                     f"The one-step model continued {summary['iterations']} iterations: the critic's size",
+                     f"The one-step model continued {summary['iterations']} iterations: the critic's size, the batch",
                      path, figsize=(10, 4.4), target=0.85)
 
 
