@@ -33,6 +33,15 @@ def require_trained(paths) -> None:
         raise SystemExit(f"missing {missing[0]}: train it first (commands in this script's docstring)")
 
 
+def complete_arms(found: dict[str, dict[int, Path]]) -> dict[tuple[str, int], Path]:
+    """The (arm, seed) files of the arms whose file exists for every seed ({arm: {seed: file}} in); one line and
+    exit when no arm is complete."""
+    trained = {arm: files for arm, files in found.items() if all(Path(f).is_file() for f in files.values())}
+    if not trained:
+        require_trained(f for files in found.values() for f in files.values())
+    return {(arm, seed): f for arm, files in trained.items() for seed, f in files.items()}
+
+
 def seeded_snapshot_parser(description: str, default_iterations: int):
     """The argument parser of a bench that pairs runs trained with several seeds at one snapshot."""
     import argparse

@@ -39,8 +39,8 @@ from common import (  # bench/common.py
     RUNS,
     compare_rows,
     comparison_table,
+    complete_arms,
     file_at_commit,
-    require_trained,
     run_pairs,
     seeded_snapshot_parser,
     shapes_eval_bars,
@@ -81,11 +81,7 @@ def generator_at(arm: str, seed: int, step: int) -> Path:
 def trained_models(iterations: int, seeds: list[int]) -> dict[tuple[str, int], Path]:
     """Each arm's generator at `iterations` for every seed, for the arms whose runs all have it (one line and exit
     when none has)."""
-    found = {arm: {seed: generator_at(arm, seed, iterations) for seed in seeds} for arm in ARMS}
-    trained = {arm: files for arm, files in found.items() if all(f.is_file() for f in files.values())}
-    if not trained:
-        require_trained(f for files in found.values() for f in files.values())
-    return {(arm, seed): f for arm, files in trained.items() for seed, f in files.items()}
+    return complete_arms({arm: {seed: generator_at(arm, seed, iterations) for seed in seeds} for arm in ARMS})
 
 
 def label(arm: str, seed: int, iterations: int) -> str:

@@ -39,6 +39,7 @@ from common import (  # bench/common.py
     across_seeds,
     compare_rows,
     comparison_table,
+    complete_arms,
     file_at_commit,
     require_trained,
     rows_by_label,
@@ -80,11 +81,8 @@ def row_label(arm: str, seed: int, iterations: int, steps: int) -> str:
 def trained_snapshots(iterations: int, seeds: list[int]) -> dict[tuple[str, int], Path]:
     """Each arm's snapshot at `iterations` for every seed, for the arms whose runs all have it (one line and exit
     when none has)."""
-    loras = {arm: {seed: snapshot(iterations, LONG / f"unified-cont-{arm}-s{seed}") for seed in seeds} for arm in ARMS}
-    trained = {arm: files for arm, files in loras.items() if all(f.is_file() for f in files.values())}
-    if not trained:
-        require_trained(f for files in loras.values() for f in files.values())
-    return {(arm, seed): f for arm, files in trained.items() for seed, f in files.items()}
+    return complete_arms({arm: {seed: snapshot(iterations, LONG / f"unified-cont-{arm}-s{seed}") for seed in seeds}
+                          for arm in ARMS})
 
 
 def against_pairs(arms: list[str], seeds: list[int], it: int, earlier: int, n: int) -> list[tuple]:
