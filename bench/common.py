@@ -144,12 +144,15 @@ def across_seeds(per_seed: list[tuple[str, str]], name_a: str, name_b: str) -> t
 
 
 def run_pairs(compared: list[tuple[str, str | None]], row_names: dict[str, str], label, start_row: str,
-              seeds: list[int], iterations: int) -> list[tuple]:
+              seeds: list[int], iterations: int, trained=None) -> list[tuple]:
     """compare_rows pairs for runs trained with several seeds: each (a, b) of `compared` (run names; b None: the
     start row) per seed, then pooled over the seeds. label(name, seed, iterations) names a run's row;
-    row_names[name] names the run in a pooled row."""
+    row_names[name] names the run in a pooled row. With `trained` (run names), only the pairs whose runs are
+    all in it."""
     out = []
     for a, b in compared:
+        if trained is not None and not (a in trained and (b is None or b in trained)):
+            continue
         per_seed = [(label(a, s, iterations), label(b, s, iterations) if b else start_row) for s in seeds]
         out += per_seed
         if len(seeds) > 1:

@@ -88,16 +88,18 @@ def label(arm: str, seed: int, iterations: int) -> str:
     return f"{ARMS[arm]}, +{iterations} it, seed {seed}"
 
 
-BAR_NAMES = {"control": "rank 16\n(control)", "f64": "fake\nrank 64", "f64-gan05-g3": "rank 64, GAN\n0.05, guid. 3",
-             "b32": "batch 32"}
+BARS = {"control": ("rank 16\n(control)", "tab:gray"), "f64": ("fake\nrank 64", "tab:green"),
+        "f64-gan05-g3": ("rank 64, GAN\n0.05, guid. 3", "tab:orange"), "b32": ("batch 32", "tab:purple")}
 
 
-def short_label(row_label: str) -> str:
-    """'fake score rank 64, GAN 0.05, guidance 3, +300 it, seed 0' -> a bar's few short lines."""
+def bar(row_label: str) -> tuple[str, str]:
+    """A row's bar: a few short lines naming it ('fake score rank 64, +300 it, seed 0' -> 'fake / rank 64 /
+    seed 0') and its arm's colour."""
     if row_label == START:
-        return "start\n(shipped)"
+        return "start\n(shipped)", "tab:gray"
     arm = next(a for a, title in ARMS.items() if row_label.startswith(f"{title}, +"))
-    return f"{BAR_NAMES[arm]}\n{row_label.rsplit(', ', 1)[1]}"
+    name, color = BARS[arm]
+    return f"{name}\n{row_label.rsplit(', ', 1)[1]}", color
 
 
 def main() -> None:
@@ -105,27 +107,28 @@ def main() -> None:
     args = seeded_snapshot_parser(__doc__.splitlines()[0], 300).parse_args()
     it = args.iterations
     models = trained_models(it, args.seeds)
-    arms = {arm for arm, _ in models}
     start = start_model()
     prompts = standard_prompts()[: args.prompts]
     rows = [Row(TEACHER_ROW, SampleSettings(steps=50, scheduler="ddim", guidance=TEACHER_GUIDANCE)),
             Row(START, ONE_STEP, unet=start)]
     final = [Row(label(arm, seed, it), ONE_STEP, unet=path) for (arm, seed), path in models.items()]
     summary = evaluate(TEACHER, rows + final, prompts, EVALUATOR, RUNS / "one-step-critic", n_real=args.n_real)
-    compared = [(a, b) for a, b in COMPARED if a in arms and (b is None or b in arms)]
-    pairs = run_pairs(compared, {a: f"{t}, +{it} it" for a, t in ARMS.items()}, label, START, args.seeds, it)
+    pairs = run_pairs(COMPARED, {a: f"{t}, +{it} it" for a, t in ARMS.items()}, label, START, args.seeds, it,
+                      trained={arm for arm, _ in models})
     summary["comparisons"] = compare_rows(summary, prompts, pairs)
     summary["iterations"] = it
     held_out = standard_prompts(args.prompts, seed=STANDARD_SEED + 1)  # a confirmation no choice was made on
     summary["held_out"] = evaluate(TEACHER, [rows[1], *final], held_out, EVALUATOR, RUNS / "one-step-critic-held-out",
                                    n_real=args.n_real, seed=DEV_NOISE_SEED, psnr_reference=False)
     summary["held_out"]["comparisons"] = compare_rows(summary["held_out"], held_out, pairs)
-    lines = ["# A larger critic for the dedicated one-step model", "",
+    lines = ["# The dedicated one-step model continued: a larger critic, a larger batch", "",
              f"{len(prompts)} ShapesEval prompts (± half-width of the 95% bootstrap interval), FD against "
              f"{args.n_real} real renders (± sd over 5 resamples). Every one-step row: one LCM step at t = 800. Every "
              f"run continues the one-step UNet shipped at commit {START_COMMIT} (the start row) for {it} iterations "
              "of configs/one-step-dmd-feedback-unet.yaml with dmd.with_feedback false (DMD2 + regression), a fresh "
-             "fake score, training seeds 0 and 1; the arms change the keys their names say.", "",
+             "fake score, training seeds 0 and 1; the arms change the keys their names say (batch 32: the "
+             "generator's and the fake score's batch 32, the regression's 64, so at a given iteration it has seen "
+             "twice the samples of the others).", "",
              markdown_table(summary), "", "Against the teacher (targets: ShapesEval >= 0.85x, FD <= 1.1x):", "",
              *teacher_ratio_lines(summary, TEACHER_ROW), "", *comparison_table(summary["comparisons"]), "",
              f"## Confirmation on {len(held_out)} held-out prompts", "",
@@ -142,9 +145,8 @@ def plot_bars(summary: dict, path: Path) -> None:
     """Each row's ShapesEval with its 95% interval; the teacher's 50 steps and the 0.85x target as lines."""
     rows = [r for r in summary["rows"] if r["label"] != TEACHER_ROW]
     teacher = next(r for r in summary["rows"] if r["label"] == TEACHER_ROW)["shapes_eval"]["overall"]
-    colors = ["tab:gray" if r["label"] == START or "control" in r["label"] else "tab:orange" if "GAN" in r["label"]
-              else "tab:purple" if "batch" in r["label"] else "tab:green" for r in rows]
-    shapes_eval_bars(rows, [short_label(r["label"]) for r in rows], colors, teacher,
+    names, colors = zip(*(bar(r["label"]) for r in rows))
+    shapes_eval_bars(rows, list(names), list(colors), teacher,
                      f"The one-step model continued {summary['iterations']} iterations: the critic's size, the batch",
                      path, figsize=(10, 4.4), target=0.85)
 

@@ -123,9 +123,8 @@ def main() -> None:
     pairs = []
     for n in STEPS:
         names = {arm: f"{title}, +{it} it @{n}" for arm, title in ARMS.items()}
-        compared = [(a, b) for a, b in COMPARED if a in arms and (b is None or b in arms)]
-        pairs += run_pairs(compared, names,
-                           lambda arm, seed, i, n=n: row_label(arm, seed, i, n), f"{START} @{n}", args.seeds, it)
+        pairs += run_pairs(COMPARED, names, lambda arm, seed, i, n=n: row_label(arm, seed, i, n), f"{START} @{n}",
+                           args.seeds, it, trained=arms)
         if args.against:
             pairs += against_pairs(arms, args.seeds, it, args.against, n)
     summary["comparisons"] = compare_rows(summary, prompts, pairs)
