@@ -55,8 +55,8 @@ def test_distillation_lowers_the_decoder_error(trained):
     pool = teacher_pool(pipe.vae, images[:32], CFG, torch.Generator().manual_seed(5))
     fresh = build_tiny_vae(pipe.vae.config, CFG)
     with torch.no_grad():
-        _, before = tiny_vae_loss(fresh, pool)
-        _, after = tiny_vae_loss(tiny, pool)
+        _, before = tiny_vae_loss(fresh, pool, "mse")
+        _, after = tiny_vae_loss(tiny, pool, "mse")
     assert after["decoder"] < 0.5 * before["decoder"] and after["encoder"] < before["encoder"]
     latents = pool[2]
     assert decoder_psnr(tiny, pipe.vae, latents) > decoder_psnr(fresh, pipe.vae, latents) + 3
@@ -120,3 +120,67 @@ def test_cli_trains_with_generated_latents(tiny_pipeline_dir, tmp_path, monkeypa
     assert (info.value.code or 0) == 0, capsys.readouterr().err
     record = json.loads((tmp_path / "tv" / "hypersd_tiny_vae.json").read_text())
     assert record["generated_latents"] == str(pairs) and len(record["log"]) == 2
+
+
+def test_generate_latents_are_what_generate_decodes(tiny_pipeline_dir):
+    from hypersd.inference.sample import generate_latents
+
+    pipe = load_pipeline(tiny_pipeline_dir)
+    settings = SampleSettings(steps=1, scheduler="lcm", timesteps=[800], guidance=0.0)
+    prompts, seeds = ["a red circle", "two blue squares"], [3, 4]
+    latents = generate_latents(pipe, prompts, settings, seeds)
+    assert latents.shape == (2, 4, 8, 8) and latents.dtype == torch.float32
+    with torch.no_grad():
+        decoded = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
+    mine = ((decoded / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round()
+    theirs = generate(pipe, prompts, settings, seeds).astype(np.float64)
+    assert np.abs(mine - theirs).max() <= 1  # the same images, up to rounding
+    assert not torch.allclose(latents[0], generate_latents(pipe, prompts[:1], settings, [5])[0])  # seeds count
+
+
+def test_l1_decoder_loss_is_the_mean_absolute_error():
+    tiny = build_tiny_vae(type("C", (), {"block_out_channels": (8, 8, 8), "latent_channels": 4,
+                                         "scaling_factor": 1.0})(), CFG)
+    gen = torch.Generator().manual_seed(0)
+    batch = [torch.rand(2, 3, 32, 32, generator=gen) * 2 - 1, torch.randn(2, 4, 8, 8, generator=gen),
+             torch.randn(2, 4, 8, 8, generator=gen), torch.rand(2, 3, 32, 32, generator=gen) * 2 - 1]
+    with torch.no_grad():
+        out = tiny.decode(batch[2]).sample
+        _, l1 = tiny_vae_loss(tiny, batch, "l1")
+        _, mse = tiny_vae_loss(tiny, batch, "mse")
+    assert l1["decoder"] == pytest.approx((out - batch[3]).abs().mean().item(), rel=1e-5)
+    assert mse["decoder"] == pytest.approx((out - batch[3]).square().mean().item(), rel=1e-5)
+    with pytest.raises(UserError, match="decoder_loss"):
+        TinyVaeConfig(decoder_loss="l2").validate()
+    with pytest.raises(UserError, match="upsample"):
+        TinyVaeConfig(upsample="cubic").validate()
+
+
+def test_cli_trains_on_a_one_step_models_latents(tiny_pipeline_dir, tmp_path, monkeypatch, capsys):
+    from hypersd.inference.unet_file import export_unet
+
+    unet = export_unet(tiny_pipeline_dir, tmp_path / "tiny-1step-unet.safetensors", "fp32")
+    monkeypatch.setattr(sys, "argv", ["hypersd", "tiny-vae", "train", "--model", str(tiny_pipeline_dir), "--steps", "2",
+                                      "--pool", "64", "--channels", "4", "--blocks", "1,1,0", "--decoder-loss", "mse",
+                                      "--one-step-model", str(unet), "--model-latents", "3",
+                                      "--out", str(tmp_path / "tv")])
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert (info.value.code or 0) == 0, capsys.readouterr().err
+    record = json.loads((tmp_path / "tv" / "hypersd_tiny_vae.json").read_text())
+    assert record["one_step_model"] == str(unet) and record["model_latents"] == 3
+    assert isinstance(record["held_out_model_psnr_db"], float)
+    assert record["config"]["blocks"] == [1, 1, 0] and record["config"]["decoder_loss"] == "mse"
+
+
+@pytest.mark.parametrize("extra, message", [(["--blocks", "2,x,1"], "--blocks must be whole numbers"),
+                                            (["--one-step-model", "absent.safetensors"], "one-step model not found"),
+                                            (["--decoder-loss", "l3"], "decoder_loss must be one of")])
+def test_cli_refuses_bad_tiny_vae_options(tiny_pipeline_dir, tmp_path, monkeypatch, capsys, extra, message):
+    monkeypatch.setattr(sys, "argv", ["hypersd", "tiny-vae", "train", "--model", str(tiny_pipeline_dir), "--steps", "1",
+                                      "--out", str(tmp_path / "tv"), *extra])
+    with pytest.raises(SystemExit) as info:
+        main()
+    err = capsys.readouterr().err
+    assert info.value.code != 0 and message in err and "Traceback" not in err
+    assert not (tmp_path / "tv").exists()

@@ -100,20 +100,44 @@ def generate(pipe, prompts: list[str], settings: SampleSettings, seeds: list[int
     sampler is built from the pipeline's own scheduler config and put back afterwards."""
     settings.validate()
     check_negative_prompts(negative_prompts, settings)
+    with settings_scheduler(pipe, settings):
+        return _sample(pipe, prompts, settings, seeds, progress_desc, extra_call, negative_prompts)
+
+
+def generate_latents(pipe, prompts: list[str], settings: SampleSettings, seeds: list[int],
+                     progress_desc: str | None = None) -> torch.Tensor:
+    """The latents the model hands its VAE for the prompts (pipeline output_type "latent", i.e. still multiplied
+    by the VAE's scaling factor), one seed per prompt as in `generate`; float32 on the CPU."""
+    chunks = []
+    with settings_scheduler(pipe, settings):
+        call = _call_arguments(pipe, settings, {"output_type": "latent"})
+        for start in progress(range(0, len(prompts), settings.batch_size), desc=progress_desc or "latents"):
+            end = start + settings.batch_size
+            generators = [torch.Generator("cpu").manual_seed(s) for s in seeds[start:end]]
+            with torch.inference_mode():
+                chunks.append(pipe(prompt=prompts[start:end], generator=generators, **call).images.float().cpu())
+    return torch.cat(chunks)
+
+
+@contextlib.contextmanager
+def settings_scheduler(pipe, settings: SampleSettings):
+    """`pipe` sampling with the settings' scheduler (built from the pipeline's own scheduler config; "default":
+    the one loaded), put back afterwards; the settings are validated against the model first."""
+    settings.validate()
     own = pipe.scheduler
     limit = own.config.num_train_timesteps
     require(settings.timesteps or settings.steps <= limit,
             f"steps must be at most the model's {limit} training timesteps, got {settings.steps}")
-    if settings.scheduler != "default":  # default: the pipeline's own scheduler as loaded
+    if settings.scheduler != "default":
         pipe.scheduler = make_scheduler(settings.scheduler, own.config)
     try:
-        return _sample(pipe, prompts, settings, seeds, progress_desc, extra_call, negative_prompts)
+        yield pipe
     finally:
         pipe.scheduler = own
 
 
-def _sample(pipe, prompts, settings: SampleSettings, seeds, progress_desc, extra_call,
-            negative_prompts=None) -> np.ndarray:
+def _call_arguments(pipe, settings: SampleSettings, extra_call: dict | None) -> dict:
+    """The pipeline call's keyword arguments for the settings (output as numpy unless extra_call says)."""
     call = {"guidance_scale": settings.guidance, "output_type": "np"}
     if settings.timesteps:
         require(_supports_custom_timesteps(pipe.scheduler),
@@ -124,6 +148,12 @@ def _sample(pipe, prompts, settings: SampleSettings, seeds, progress_desc, extra
     if settings.eta is not None:
         call["eta"] = settings.eta
     call.update(extra_call or {})
+    return call
+
+
+def _sample(pipe, prompts, settings: SampleSettings, seeds, progress_desc, extra_call,
+            negative_prompts=None) -> np.ndarray:
+    call = _call_arguments(pipe, settings, extra_call)
     seeds = seeds if seeds is not None else [settings.seed + i for i in range(len(prompts))]
     chunks = []
     starts = range(0, len(prompts), settings.batch_size)
