@@ -13,20 +13,25 @@ optimiser, two training seeds each:
   b32           the batch doubled for the generator, the fake score (both 32) and the regression (64): the lever a
                 GPU would pull much further (the paper trains at 512). Its snapshot at N iterations has seen the
                 samples of the others at 2N.
+  p24k          the regression onto 24,000 teacher pairs instead of 6,000 (the first 6,000 are the same pairs):
+                the term that holds the model (bench/one_step_gan.md), with four times the images to hold it to.
 
     hypersd data pairs --model assets/tiny-sd --n 6000 --steps 16 --out runs/pairs/teacher-ddim16.safetensors
+    hypersd data pairs --model assets/tiny-sd --n 24000 --steps 16 --out runs/pairs/teacher-ddim16-24k.safetensors
     git show START_COMMIT:assets/hypersd-one-step/hypersd-shapes-1step-unet.safetensors > START.safetensors
     for s in 0 1; do for arm in control f64 f64-gan05-g3 b32; do
       case $arm in control) x="";; f64) x="--set stages.0.dmd.fake_rank=64";;
         f64-gan05-g3) x="--set stages.0.dmd.fake_rank=64 --set stages.0.dmd.gan_weight=0.05 --set stages.0.dmd.guidance=3";;
         b32) x="--set training.batch_size=32 --set stages.0.dmd.batch_size=32 --set stages.0.dmd.regression_batch_size=64";;
+        p24k) x="--set stages.0.dmd.regression_pairs=runs/pairs/teacher-ddim16-24k.safetensors";;
       esac
       OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE hypersd distill --recipe configs/one-step-dmd-feedback-unet.yaml \\
           --set stages.0.dmd.with_feedback=false $x --set training.seed=$s --init-unet START.safetensors \\
           --out bench/runs/long/one-step-critic-$arm-s$s &
     done; done; wait     # one-thread jobs side by side (the first six: 84 min for 300 iterations)
+    # (b32 and p24k ran later, each arm's two seeds as two one-thread jobs)
     python bench/one_step_critic.py --iterations 300   # or any snapshot the runs have (100, 200)
-An arm whose runs lack the snapshot is left out, with its comparisons (b32 was started after the others). The
+An arm whose runs lack the snapshot is left out, with its comparisons (b32 and p24k were started after the others). The
 models are also scored on 600 held-out prompts and noise seeds, so that the choice of the model to ship is checked
 on images it was not made on. Writes bench/results/one_step_critic-<N>it.{json,md,png}.
 """
@@ -58,9 +63,11 @@ from hypersd.shapes.prompts import STANDARD_SEED, standard_prompts
 from hypersd.train.outputs import snapshot_unet
 
 ARMS = {"control": "fake score rank 16 (control)", "f64": "fake score rank 64",
-        "f64-gan05-g3": "fake score rank 64, GAN 0.05, guidance 3", "b32": "batch 32"}
+        "f64-gan05-g3": "fake score rank 64, GAN 0.05, guidance 3", "b32": "batch 32",
+        "p24k": "24,000 regression pairs"}
 COMPARED = [("control", None), ("f64", None), ("f64-gan05-g3", None), ("f64", "control"),
-            ("f64-gan05-g3", "control"), ("f64-gan05-g3", "f64"), ("b32", None), ("b32", "control")]  # None: the start
+            ("f64-gan05-g3", "control"), ("f64-gan05-g3", "f64"), ("b32", None), ("b32", "control"),
+            ("p24k", None), ("p24k", "control")]  # None: the start
 START_COMMIT = "6d842fb"  # a commit whose assets/ holds the one-step UNet these runs continue
 START = f"shipped one-step model (start, {START_COMMIT})"
 
@@ -89,7 +96,8 @@ def label(arm: str, seed: int, iterations: int) -> str:
 
 
 BARS = {"control": ("rank 16\n(control)", "tab:gray"), "f64": ("fake\nrank 64", "tab:green"),
-        "f64-gan05-g3": ("rank 64, GAN\n0.05, guid. 3", "tab:orange"), "b32": ("batch 32", "tab:purple")}
+        "f64-gan05-g3": ("rank 64, GAN\n0.05, guid. 3", "tab:orange"), "b32": ("batch 32", "tab:purple"),
+        "p24k": ("24k\npairs", "tab:blue")}
 
 
 def bar(row_label: str) -> tuple[str, str]:
@@ -121,14 +129,15 @@ def main() -> None:
     summary["held_out"] = evaluate(TEACHER, [rows[1], *final], held_out, EVALUATOR, RUNS / "one-step-critic-held-out",
                                    n_real=args.n_real, seed=DEV_NOISE_SEED, psnr_reference=False)
     summary["held_out"]["comparisons"] = compare_rows(summary["held_out"], held_out, pairs)
-    lines = ["# The dedicated one-step model continued: a larger critic, a larger batch", "",
+    lines = ["# The dedicated one-step model continued: a larger critic, a larger batch, more regression pairs", "",
              f"{len(prompts)} ShapesEval prompts (± half-width of the 95% bootstrap interval), FD against "
              f"{args.n_real} real renders (± sd over 5 resamples). Every one-step row: one LCM step at t = 800. Every "
              f"run continues the one-step UNet shipped at commit {START_COMMIT} (the start row) for {it} iterations "
              "of configs/one-step-dmd-feedback-unet.yaml with dmd.with_feedback false (DMD2 + regression), a fresh "
              "fake score, training seeds 0 and 1; the arms change the keys their names say (batch 32: the "
              "generator's and the fake score's batch 32, the regression's 64, so at a given iteration it has seen "
-             "twice the samples of the others).", "",
+             "twice the samples of the others; 24,000 pairs: the regression term draws from 24,000 teacher pairs, the "
+             "first 6,000 of them the others' pairs).", "",
              markdown_table(summary), "", "Against the teacher (targets: ShapesEval >= 0.85x, FD <= 1.1x):", "",
              *teacher_ratio_lines(summary, TEACHER_ROW), "", *comparison_table(summary["comparisons"]), "",
              f"## Confirmation on {len(held_out)} held-out prompts", "",
@@ -147,7 +156,7 @@ def plot_bars(summary: dict, path: Path) -> None:
     teacher = next(r for r in summary["rows"] if r["label"] == TEACHER_ROW)["shapes_eval"]["overall"]
     names, colors = zip(*(bar(r["label"]) for r in rows))
     shapes_eval_bars(rows, list(names), list(colors), teacher,
-                     f"The one-step model continued {summary['iterations']} iterations: the critic's size, the batch",
+                     f"The one-step model continued {summary['iterations']} iterations: critic, batch, pairs",
                      path, figsize=(10, 4.4), target=0.85)
 
 
