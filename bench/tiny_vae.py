@@ -4,10 +4,11 @@ ShapesEval with paired differences and their 95% intervals, FD, and each tiny VA
 
     python bench/tiny_vae.py bench/runs/tiny-vae/c16-s0 bench/runs/tiny-vae/c24-gen-s0 --prompts 300
     hypersd tiny-vae train --out bench/runs/tiny-vae/c32-330-l1-os --channels 32 --blocks 3,3,0 --steps 5000 \
-        --one-step-model assets/hypersd-one-step/hypersd-shapes-1step-unet.safetensors
-    python bench/tiny_vae.py bench/runs/tiny-vae/c32-330-l1-os
-Writes bench/results/tiny_vae.{json,md,png}; with --held-out, also the same comparison on 600 held-out prompts and
-noise seeds (a check on images no choice was made on). Its speed: bench/speed.py --tiny-vae DIR.
+        --one-step-model assets/hypersd-one-step/hypersd-shapes-1step-unet.safetensors   # -10k: --steps 10000
+    python bench/tiny_vae.py bench/runs/tiny-vae/c32-330-l1-os bench/runs/tiny-vae/c32-330-l1-os-10k --held-out \
+        --out tiny_vae-one-step-latents
+Writes bench/results/tiny_vae.{json,md,png} (or --out's name); with --held-out, also the same comparison on 600
+held-out prompts and noise seeds (a check on images no choice was made on). Its speed: bench/speed.py --tiny-vae DIR.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=600)
     parser.add_argument("--n-real", type=int, default=2000)
     parser.add_argument("--held-out", action="store_true", help="also score held-out prompts and noise seeds")
+    parser.add_argument("--out", default="tiny_vae", help="results name in bench/results/")
     args = parser.parse_args()
     settings = one_step_row("", ONE_STEP_MODEL).settings
     rows = [Row(BASE, settings, unet=ONE_STEP_MODEL)]
@@ -72,8 +74,9 @@ def main() -> None:
                      f"{cfg['steps']} | {generated.strip() or '-'} | {rec['parameters']} | "
                      f"{rec['held_out_decoder_psnr_db']} | {rec.get('held_out_model_psnr_db', '-')} |")
     lines += ["", "Command: `python bench/tiny_vae.py " + " ".join(str(f) for f in args.tiny_vaes)
-              + f" --prompts {args.prompts}" + (" --held-out" if args.held_out else "") + "`"]
-    write_results("tiny_vae", summary, "\n".join(lines) + "\n")
+              + f" --prompts {args.prompts}" + (" --held-out" if args.held_out else "")
+              + (f" --out {args.out}" if args.out != "tiny_vae" else "") + "`"]
+    write_results(args.out, summary, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
