@@ -17,7 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-from common import RUNS, compare_rows, comparison_table, write_results  # bench/common.py
+from common import RUNS, compare_rows, comparison_table, shapes_eval_whiskers, write_results  # bench/common.py
 from unified_schedule import DEV_NOISE_SEED  # bench/unified_schedule.py
 
 from hypersd.assets import EVALUATOR, ONE_STEP_MODEL, TEACHER
@@ -76,7 +76,33 @@ def main() -> None:
     lines += ["", "Command: `python bench/tiny_vae.py " + " ".join(str(f) for f in args.tiny_vaes)
               + f" --prompts {args.prompts}" + (" --held-out" if args.held_out else "")
               + (f" --out {args.out}" if args.out != "tiny_vae" else "") + "`"]
-    write_results(args.out, summary, "\n".join(lines) + "\n")
+    write_results(args.out, summary, "\n".join(lines) + "\n", plot=plot_bars)
+
+
+def plot_bars(summary: dict, path: Path) -> None:
+    """Per decoder: ShapesEval with its 95% interval, and FD with its resampling sd (standard prompts)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = summary["rows"]
+    names = [r["label"].replace("tiny VAE ", "tiny VAE\n").replace(", ", ",\n") for r in rows]
+    colors = ["tab:gray"] + ["tab:orange"] * (len(rows) - 1)
+    values, errors = shapes_eval_whiskers(rows)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(4 + 2.2 * len(rows), 4))
+    left.bar(range(len(rows)), values, yerr=errors, capsize=6, color=colors)
+    left.set_ylabel("ShapesEval (95% interval)")
+    right.bar(range(len(rows)), [r["fd"] for r in rows], yerr=[r["fd_spread"] for r in rows], capsize=6, color=colors)
+    right.set_ylabel("FD to real renders (± sd, 5 resamples)")
+    right.set_title("FD: lower is better", fontsize=9)
+    left.set_title("ShapesEval: higher is better", fontsize=9)
+    for ax in (left, right):
+        ax.set_xticks(range(len(rows)), names, fontsize=8)
+    fig.suptitle("The shipped one-step model decoded by the VAE and by tiny VAEs")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
