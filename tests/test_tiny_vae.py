@@ -184,3 +184,25 @@ def test_cli_refuses_bad_tiny_vae_options(tiny_pipeline_dir, tmp_path, monkeypat
     err = capsys.readouterr().err
     assert info.value.code != 0 and message in err and "Traceback" not in err
     assert not (tmp_path / "tv").exists()
+
+
+def test_cli_trains_on_a_one_step_lora_s_latents(tiny_pipeline_dir, tmp_path, monkeypatch, capsys):
+    """A LoRA goes into the pipeline once: its training latents and its held-out latents come from one sampler."""
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet = load_pipeline(tiny_pipeline_dir).unet
+    config = LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False)
+    unet.add_adapter(config, adapter_name="made")
+    StableDiffusionPipeline.save_lora_weights(tmp_path, unet_lora_layers=get_peft_model_state_dict(unet, adapter_name="made"),
+                                              unet_lora_adapter_metadata=config.to_dict())
+    lora = tmp_path / "pytorch_lora_weights.safetensors"
+    monkeypatch.setattr(sys, "argv", ["hypersd", "tiny-vae", "train", "--model", str(tiny_pipeline_dir), "--steps", "2",
+                                      "--pool", "64", "--channels", "4", "--one-step-model", str(lora),
+                                      "--model-latents", "2", "--out", str(tmp_path / "tv")])
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert (info.value.code or 0) == 0, capsys.readouterr().err
+    record = json.loads((tmp_path / "tv" / "hypersd_tiny_vae.json").read_text())
+    assert record["one_step_model"] == str(lora) and isinstance(record["held_out_model_psnr_db"], float)

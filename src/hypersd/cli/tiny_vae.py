@@ -65,7 +65,8 @@ def tiny_vae_train(model: Optional[Path] = typer.Option(None, help="Pipeline fol
 
         generated = load_pairs(latents).latents / pipe.vae.config.scaling_factor  # the VAE's unscaled space
     if one_step_model is not None:
-        made = one_step_latents(pipe, one_step_model, model_latents, seed) / pipe.vae.config.scaling_factor
+        sampler = one_step_sampler(pipe, one_step_model)
+        made = one_step_latents(*sampler, model_latents, seed) / pipe.vae.config.scaling_factor
         generated = made if generated is None else torch.cat([generated, made])
     log = []
     start = time.time()
@@ -79,7 +80,7 @@ def tiny_vae_train(model: Optional[Path] = typer.Option(None, help="Pipeline fol
               "held_out_decoder_psnr_db": round(decoder_psnr(tiny, pipe.vae, held_out_latents), 2),
               "parameters": sum(p.numel() for p in tiny.parameters())}
     if one_step_model is not None:  # on latents the model makes for other captions and noise than it trained on
-        other = one_step_latents(pipe, one_step_model, 256, seed + 1000) / pipe.vae.config.scaling_factor
+        other = one_step_latents(*sampler, 256, seed + 1000) / pipe.vae.config.scaling_factor
         record["held_out_model_psnr_db"] = round(decoder_psnr(tiny, pipe.vae, other), 2)
     save_tiny_vae(tiny, out, cfg, record, overwrite)
     typer.echo(json.dumps({k: record[k] for k in ("seconds", "held_out_decoder_psnr_db", "held_out_model_psnr_db",
@@ -95,17 +96,25 @@ def parse_blocks(text: str) -> tuple[int, ...]:
         raise UserError(f"--blocks must be whole numbers separated by commas, got {text!r}") from None
 
 
-def one_step_latents(pipe, model: Path, n: int, seed: int):
-    """Latents the one-step model `model` (full UNet file or LoRA, at its recommended settings) makes for n fresh
-    Shapes captions (stream seed + 1, so not the renders' captions), noise seeds from 10,000,000 + seed * 100,000."""
+def one_step_sampler(pipe, model: Path):
+    """(pipeline, settings) sampling the one-step model `model` (full UNet file or LoRA) at its recommended
+    settings; a LoRA goes into `pipe`'s own UNet (only its VAE is used afterwards), so this is done once."""
     from hypersd.embedded.rows import one_step_row
-    from hypersd.inference.sample import apply_loras, generate_latents
+    from hypersd.inference.sample import apply_loras
     from hypersd.models.pipelines import with_unet_file
-    from hypersd.shapes.batches import ShapesStream
 
     row = one_step_row("one-step model", model)
-    maker = with_unet_file(pipe, row.unet) if row.unet is not None else pipe
-    apply_loras(maker, row.settings.loras)  # a LoRA goes into the pipeline's UNet; only its VAE is used afterwards
+    sampler = with_unet_file(pipe, row.unet) if row.unet is not None else pipe
+    apply_loras(sampler, row.settings.loras)
+    return sampler, row.settings
+
+
+def one_step_latents(sampler, settings, n: int, seed: int):
+    """Latents the one-step sampler makes for n fresh Shapes captions (stream seed + 1, so not the renders'
+    captions), noise seeds from 10,000,000 + seed * 100,000."""
+    from hypersd.inference.sample import generate_latents
+    from hypersd.shapes.batches import ShapesStream
+
     captions = [scene.caption for scene in ShapesStream(seed + 1).scenes(n)]
     first = 10_000_000 + seed * 100_000
-    return generate_latents(maker, captions, row.settings, list(range(first, first + n)), "one-step model latents")
+    return generate_latents(sampler, captions, settings, list(range(first, first + n)), "one-step model latents")

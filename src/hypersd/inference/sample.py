@@ -98,25 +98,23 @@ def generate(pipe, prompts: list[str], settings: SampleSettings, seeds: list[int
     `negative_prompts[i]` (None: none, i.e. the empty prompt of classifier-free guidance). `extra_call`
     adds pipeline-specific arguments to every call (a ControlNet pipeline's `image=`, for example). The
     sampler is built from the pipeline's own scheduler config and put back afterwards."""
-    settings.validate()
-    check_negative_prompts(negative_prompts, settings)
     with settings_scheduler(pipe, settings):
-        return _sample(pipe, prompts, settings, seeds, progress_desc, extra_call, negative_prompts)
+        check_negative_prompts(negative_prompts, settings)
+        call = _call_arguments(pipe, settings, extra_call)
+        seeds = seeds if seeds is not None else [settings.seed + i for i in range(len(prompts))]
+        desc = progress_desc or f"{settings.scheduler} {settings.steps} steps"
+        return np.concatenate([(np.clip(images, 0, 1) * 255).round().astype(np.uint8) for images in
+                               _pipeline_batches(pipe, prompts, settings.batch_size, seeds, call, desc, negative_prompts)])
 
 
 def generate_latents(pipe, prompts: list[str], settings: SampleSettings, seeds: list[int],
                      progress_desc: str | None = None) -> torch.Tensor:
     """The latents the model hands its VAE for the prompts (pipeline output_type "latent", i.e. still multiplied
     by the VAE's scaling factor), one seed per prompt as in `generate`; float32 on the CPU."""
-    chunks = []
     with settings_scheduler(pipe, settings):
         call = _call_arguments(pipe, settings, {"output_type": "latent"})
-        for start in progress(range(0, len(prompts), settings.batch_size), desc=progress_desc or "latents"):
-            end = start + settings.batch_size
-            generators = [torch.Generator("cpu").manual_seed(s) for s in seeds[start:end]]
-            with torch.inference_mode():
-                chunks.append(pipe(prompt=prompts[start:end], generator=generators, **call).images.float().cpu())
-    return torch.cat(chunks)
+        return torch.cat([latents.float().cpu() for latents in
+                          _pipeline_batches(pipe, prompts, settings.batch_size, seeds, call, progress_desc or "latents")])
 
 
 @contextlib.contextmanager
@@ -151,23 +149,20 @@ def _call_arguments(pipe, settings: SampleSettings, extra_call: dict | None) -> 
     return call
 
 
-def _sample(pipe, prompts, settings: SampleSettings, seeds, progress_desc, extra_call,
-            negative_prompts=None) -> np.ndarray:
-    call = _call_arguments(pipe, settings, extra_call)
-    seeds = seeds if seeds is not None else [settings.seed + i for i in range(len(prompts))]
-    chunks = []
-    starts = range(0, len(prompts), settings.batch_size)
-    for start in progress(starts, desc=progress_desc or f"{settings.scheduler} {settings.steps} steps"):
-        end = start + settings.batch_size
+def _pipeline_batches(pipe, prompts: list[str], batch_size: int, seeds: list[int], call: dict, desc: str,
+                      negative_prompts: list[str | None] | None = None):
+    """The pipeline's output (`.images`) for each batch of prompts: prompt i with its own generator seeded
+    `seeds[i]` (so results do not depend on batching) and negative prompt `negative_prompts[i]`, if any."""
+    call = dict(call)
+    for start in progress(range(0, len(prompts), batch_size), desc=desc):
+        end = start + batch_size
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds[start:end]]
         if negative_prompts is not None and any(negative_prompts[start:end]):
             call["negative_prompt"] = [n or "" for n in negative_prompts[start:end]]
         else:
             call.pop("negative_prompt", None)
         with torch.inference_mode():
-            images = pipe(prompt=prompts[start:end], generator=generators, **call).images
-        chunks.append((np.clip(images, 0, 1) * 255).round().astype(np.uint8))
-    return np.concatenate(chunks)
+            yield pipe(prompt=prompts[start:end], generator=generators, **call).images
 
 
 def write_samples(out: Path, images: np.ndarray, prompts: list[str], seeds: list[int],

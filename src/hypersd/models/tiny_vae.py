@@ -33,7 +33,7 @@ class TinyVaeConfig:
     channels: int = 16            # every block's width (TAESD: 64 at 512 px)
     blocks: tuple[int, ...] = (2, 2, 1)  # residual blocks per resolution, lowest first (decoder; 0: none there)
     upsample: str = "nearest"     # the decoder's upsampling between resolutions: "nearest" (TAESD) or "bilinear"
-    decoder_loss: str = "l1"      # "l1" or "mse" against the VAE's decodes (L1 keeps edges sharper: +0.4 dB, README)
+    decoder_loss: str = "l1"      # "l1" or "mse" against the VAE's decodes (L1: 27.5 dB against 27.2 in one screen, README)
     steps: int = 3000
     batch_size: int = 64
     learning_rate: float = 1e-3
